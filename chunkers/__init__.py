@@ -1,0 +1,1 @@
+"""chunkers stage of coderag."""

@@ -1,0 +1,135 @@
+"""The index contract: one interface, two Qdrant backends.
+
+The indexer writes through it and the retriever reads through it; they never meet anywhere
+else. Both backends (Qdrant Edge on disk, qdrant-client against a server) pass the same
+contract test suite in ``tests/test_index_contract.py``.
+
+Schema (DESIGN.md "Index"): one collection / shard, named dense vector ``dense`` (cosine)
+and named sparse vector ``sparse`` with the IDF modifier. Payload per point:
+repo, branches (list), path, dirs (ancestor directories, for glob prefiltering), language,
+symbol, kind, start_line, end_line, hash, commit, text. Payload indexes on repo (tenant),
+branches, path, dirs, language, symbol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "DENSE",
+    "INDEXED_FIELDS",
+    "SPARSE",
+    "IndexPoint",
+    "ScoredRecord",
+    "SearchFilter",
+    "SparseVec",
+    "VectorIndex",
+    "ancestor_dirs",
+]
+
+DENSE = "dense"
+SPARSE = "sparse"
+INDEXED_FIELDS = ("repo", "branches", "path", "dirs", "language", "symbol")
+
+
+def ancestor_dirs(path: str) -> list[str]:
+    """``"a/b/c.py"`` -> ``["a", "a/b"]``: stored so a glob's literal prefix filters in Qdrant."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+@dataclass(frozen=True, slots=True)
+class SparseVec:
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexPoint:
+    id: str
+    dense: list[float]
+    sparse: SparseVec
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRecord:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """Restricts any read. ``None`` / empty means "no restriction" on that field.
+
+    ``repos`` is the tenant boundary: the API always sets it from the caller's token scope.
+    ``path_globs`` are gitignore-free fnmatch globs (``src/**/*.py``); backends prefilter on
+    the literal directory prefix in Qdrant and check the full glob on the results.
+    """
+
+    repos: Sequence[str] | None = None
+    branch: str | None = None
+    paths: Sequence[str] | None = None
+    path_globs: Sequence[str] | None = None
+    languages: Sequence[str] | None = None
+    symbols: Sequence[str] | None = None
+    exclude_ids: Sequence[str] = field(default_factory=tuple)
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """What the rest of coderag may ask of an index backend."""
+
+    def ensure(self, dim: int) -> None:
+        """Create the collection/shard and payload indexes if missing; check the dimension."""
+
+    def upsert(self, points: Sequence[IndexPoint]) -> None: ...
+
+    def set_branches(self, ids_to_branches: dict[str, list[str]]) -> None:
+        """Overwrite the ``branches`` payload of existing points."""
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def delete_where(self, flt: SearchFilter) -> None: ...
+
+    def retrieve(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Payloads of the points that exist among ``ids`` (missing ids are absent)."""
+
+    def scroll(
+        self, flt: SearchFilter, fields: Sequence[str] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every point matching ``flt``: (id, payload restricted to ``fields``)."""
+
+    def count(self, flt: SearchFilter | None = None) -> int: ...
+
+    def search_dense(
+        self, vector: Sequence[float], flt: SearchFilter, limit: int
+    ) -> list[ScoredRecord]: ...
+
+    def search_sparse(self, vector: SparseVec, flt: SearchFilter, limit: int) -> list[ScoredRecord]:
+        """Sparse dot product with the IDF modifier applied by Qdrant."""
+
+    def search_hybrid(
+        self,
+        dense: Sequence[float],
+        sparse: SparseVec,
+        flt: SearchFilter,
+        limit: int,
+        prefetch: int = 100,
+    ) -> list[ScoredRecord]:
+        """Dense and sparse prefetch fused inside Qdrant (RRF)."""
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """Durable index state (indexed commit per repo and branch) kept next to the index."""
+
+    def set_state(self, key: str, value: dict[str, Any] | None) -> None:
+        """Write (``None``: delete) one state record; durable when this returns."""
+
+    def list_state(self, prefix: str = "") -> dict[str, dict[str, Any]]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...

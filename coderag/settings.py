@@ -1,0 +1,138 @@
+"""One settings class for every process of coderag.
+
+Values come from the environment (prefix ``CODERAG_``) or a ``.env`` file, so the same
+image runs embedded or distributed by configuration alone. Validators refuse settings that
+would silently do the wrong thing (a distributed index without a URL, a default secret).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+_FORBIDDEN_SECRETS = {"changeme", "change-me", "secret", "password", "token", "default"}
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "coderag"
+
+
+class Settings(BaseSettings):
+    """All configuration of coderag. Every field maps to ``CODERAG_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CODERAG_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- storage -------------------------------------------------------------------------
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    """Where the embedded index, the embedding cache, exported models and git mirrors live."""
+
+    index_backend: Literal["auto", "edge", "server"] = "auto"
+    """``edge``: Qdrant Edge shard in ``data_dir`` (one process owns it). ``server``: a Qdrant
+    server at ``qdrant_url``. ``auto`` picks ``server`` when ``qdrant_url`` is set."""
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    collection: str = "coderag"
+
+    # --- chunking ------------------------------------------------------------------------
+    chunk_max_tokens: int = Field(default=256, ge=32, le=8192)
+    """Budget per chunk, header included, counted in the embedder's own tokens."""
+    chunk_min_tokens: int = Field(default=48, ge=0)
+    """Small sibling nodes are merged until they reach at least this many tokens."""
+    max_file_bytes: int = Field(default=1_000_000, ge=1)
+    extra_ignore: list[str] = Field(default_factory=list)
+    """Extra gitignore-style patterns to skip, on top of .gitignore and the built-in rules."""
+
+    # --- embedding -----------------------------------------------------------------------
+    embedding_model: str | None = None
+    """Local path of a sentence-transformers model; ``None`` uses the bundled MiniLM."""
+    embedding_backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    """``auto``: torch on CUDA, otherwise the fastest CPU backend that keeps the vectors."""
+    embedding_device: Literal["auto", "cpu", "cuda"] = "auto"
+    embedding_batch_size: int = Field(default=32, ge=1, le=4096)
+    embedding_cache: bool = True
+
+    # --- retrieval -----------------------------------------------------------------------
+    search_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    reranker_model: str | None = None
+    """Local path of a cross-encoder; no reranker is bundled, so off by default."""
+    max_per_file: int = Field(default=2, ge=1)
+    context_token_budget: int = Field(default=4000, ge=100)
+
+    # --- service -------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    api_tokens: dict[str, list[str]] = Field(default_factory=dict)
+    """Bearer token -> repos it may read (``["*"]`` for all). Empty: auth disabled (embedded
+    single-user default); set it for any shared deployment."""
+    celery_broker_url: str | None = None
+    """``None``: embedded mode, tasks run in-process. Set (``redis://...``): distributed."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    gitlab_url: str | None = None
+    gitlab_token: SecretStr | None = None
+    webhook_max_bytes: int = Field(default=5_000_000, ge=1024)
+    index_tags: bool = False
+    index_merge_requests: bool = False
+    push_debounce_seconds: float = Field(default=0.5, ge=0)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("gitlab_token", "qdrant_api_key")
+    @classmethod
+    def _no_default_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value().strip().lower() in _FORBIDDEN_SECRETS:
+            raise ValueError("refusing a default/placeholder secret; set a real value")
+        return v
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _no_default_tokens(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for token in v:
+            if token.strip().lower() in _FORBIDDEN_SECRETS or len(token) < 16:
+                raise ValueError("API tokens must be at least 16 characters and not a default")
+        return v
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> Settings:
+        if self.index_backend == "server" and not self.qdrant_url:
+            raise ValueError("index_backend=server needs CODERAG_QDRANT_URL")
+        return self
+
+    @property
+    def resolved_backend(self) -> Literal["edge", "server"]:
+        if self.index_backend == "auto":
+            return "server" if self.qdrant_url else "edge"
+        return self.index_backend
+
+    @property
+    def distributed(self) -> bool:
+        return self.celery_broker_url is not None
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def mirrors_dir(self) -> Path:
+        return self.data_dir / "mirrors"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once (tests build their own ``Settings`` instead)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""retriever stage of coderag."""
