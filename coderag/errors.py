@@ -77,7 +77,7 @@ class ForbiddenError(AuthError):
     http_status = 403
 
 
-class IndexError_(CoderagError):  # noqa: N801 - avoid shadowing the builtin IndexError
+class IndexError_(CoderagError):
     error_code = "index_error"
     http_status = 503
 
@@ -117,5 +117,5 @@ def translate(target: type[CoderagError], what: str) -> Iterator[None]:
         yield
     except CoderagError:
         raise
-    except Exception as exc:  # noqa: BLE001 - this is the translation boundary
+    except Exception as exc:
         raise target(f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     embedding_device: Literal["auto", "cpu", "cuda"] = "auto"
     embedding_batch_size: int = Field(default=32, ge=1, le=4096)
     embedding_cache: bool = True
+    embedding_cache_dir: Path | None = None
+    """Override of ``data_dir/cache`` (e.g. one cache shared by many eval data dirs)."""
+    model_export_dir: Path | None = None
+    """Override of ``data_dir/models``, where exported ONNX/OpenVINO models are kept."""
 
     # --- retrieval -----------------------------------------------------------------------
     search_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
@@ -81,6 +85,12 @@ class Settings(BaseSettings):
     index_tags: bool = False
     index_merge_requests: bool = False
     push_debounce_seconds: float = Field(default=0.5, ge=0)
+    public_url: str | None = None
+    """Base URL at which GitLab reaches this service (``https://coderag.bank.internal``): the
+    project hooks that ``coderag repo add`` creates point at ``<public_url>/v1/webhooks/gitlab``."""
+    full_index_queue: Literal["index", "embed"] = "index"
+    """Celery queue of full (re)index runs. ``embed`` sends the embedding-heavy ones to GPU
+    workers (``coderag worker --queues embed --pool solo``); pushes stay on ``index``."""
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -121,11 +131,11 @@ class Settings(BaseSettings):
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
+        return self.embedding_cache_dir or self.data_dir / "cache"
 
     @property
     def models_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.model_export_dir or self.data_dir / "models"
 
     @property
     def mirrors_dir(self) -> Path:

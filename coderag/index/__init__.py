@@ -1,4 +1,13 @@
-"""The index: schema, contract and the two Qdrant backends (Edge embedded, server)."""
+"""The index: schema, contract and the two Qdrant backends (Edge embedded, server).
+
+The backends (and :func:`open_index`) are imported on first access: ``qdrant_client``
+alone takes ~1 s to import, and most modules that need the records and the contract
+(chunkers, the CLI's ``--help``) never touch a backend.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from coderag.index.base import (
     DENSE,
@@ -11,15 +20,47 @@ from coderag.index.base import (
     VectorIndex,
     ancestor_dirs,
 )
+from coderag.index.filters import compile_globs, glob_match
+
+if TYPE_CHECKING:
+    from coderag.index.edge import EdgeIndex
+    from coderag.index.factory import open_index
+    from coderag.index.server import ServerIndex
 
 __all__ = [
     "DENSE",
     "INDEXED_FIELDS",
     "SPARSE",
+    "EdgeIndex",
     "IndexPoint",
     "ScoredRecord",
     "SearchFilter",
+    "ServerIndex",
     "SparseVec",
     "VectorIndex",
     "ancestor_dirs",
+    "compile_globs",
+    "glob_match",
+    "open_index",
 ]
+
+_LAZY = {
+    "EdgeIndex": "coderag.index.edge",
+    "ServerIndex": "coderag.index.server",
+    "open_index": "coderag.index.factory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -81,19 +81,39 @@ class SearchFilter:
 
 @runtime_checkable
 class VectorIndex(Protocol):
-    """What the rest of coderag may ask of an index backend."""
+    """What the rest of coderag may ask of an index backend.
+
+    Conventions shared by both backends (pinned by ``tests/test_index_contract.py``):
+
+    * point ids are uuid strings; they are normalised to the canonical lowercase form, and
+      every id handed back is in that form. A non-uuid id raises ``InputError``.
+    * every write is durable and visible to reads when it returns.
+    * any library failure surfaces as ``coderag.errors.IndexError_`` (503), never raw.
+    * reads may run concurrently from several threads of the process.
+    """
 
     def ensure(self, dim: int) -> None:
-        """Create the collection/shard and payload indexes if missing; check the dimension."""
+        """Create the collection/shard and payload indexes if missing; check the dimension.
 
-    def upsert(self, points: Sequence[IndexPoint]) -> None: ...
+        Idempotent. Raises ``ConfigError`` when the index holds vectors of another size
+        (the embedding model changed: re-index). Edge: also takes the process lock, and
+        raises ``IndexLockedError`` when another process owns the index.
+        """
+
+    def upsert(self, points: Sequence[IndexPoint]) -> None:
+        """Insert or replace points (batched internally). Fills ``dirs`` from ``path`` when
+        the payload lacks it, since glob filtering depends on it."""
 
     def set_branches(self, ids_to_branches: dict[str, list[str]]) -> None:
-        """Overwrite the ``branches`` payload of existing points."""
+        """Overwrite the ``branches`` payload of existing points; ids not in the index are
+        skipped. Ids with the same branch list are updated in one call."""
 
-    def delete(self, ids: Sequence[str]) -> None: ...
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete points by id; missing ids are ignored."""
 
-    def delete_where(self, flt: SearchFilter) -> None: ...
+    def delete_where(self, flt: SearchFilter) -> None:
+        """Delete every point matching ``flt``. A filter that restricts nothing raises
+        ``InputError`` rather than emptying the index."""
 
     def retrieve(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Payloads of the points that exist among ``ids`` (missing ids are absent)."""
@@ -101,16 +121,23 @@ class VectorIndex(Protocol):
     def scroll(
         self, flt: SearchFilter, fields: Sequence[str] | None = None
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Every point matching ``flt``: (id, payload restricted to ``fields``)."""
+        """Every point matching ``flt``: (id, payload restricted to ``fields``).
 
-    def count(self, flt: SearchFilter | None = None) -> int: ...
+        Lazy, page by page, in id order. ``fields=None``: the whole payload; ``fields=()``:
+        ids only (empty payloads), the cheap form for garbage collection.
+        """
+
+    def count(self, flt: SearchFilter | None = None) -> int:
+        """Exact number of points matching ``flt`` (``None``: all)."""
 
     def search_dense(
         self, vector: Sequence[float], flt: SearchFilter, limit: int
-    ) -> list[ScoredRecord]: ...
+    ) -> list[ScoredRecord]:
+        """Best ``limit`` points by cosine similarity, best first, complete payloads."""
 
     def search_sparse(self, vector: SparseVec, flt: SearchFilter, limit: int) -> list[ScoredRecord]:
-        """Sparse dot product with the IDF modifier applied by Qdrant."""
+        """Sparse dot product with the IDF modifier applied by Qdrant (an empty vector
+        returns ``[]``). Only points sharing a term with ``vector`` can come back."""
 
     def search_hybrid(
         self,
@@ -120,16 +147,24 @@ class VectorIndex(Protocol):
         limit: int,
         prefetch: int = 100,
     ) -> list[ScoredRecord]:
-        """Dense and sparse prefetch fused inside Qdrant (RRF)."""
+        """Dense and sparse prefetch (``prefetch`` candidates each) fused inside Qdrant
+        with RRF, k=60 on both backends; scores are RRF scores, not similarities."""
 
     def get_state(self, key: str) -> dict[str, Any] | None:
-        """Durable index state (indexed commit per repo and branch) kept next to the index."""
+        """Durable index state (indexed commit per repo and branch, repo registry) kept
+        next to the index; ``None`` when the key was never set or was deleted."""
 
     def set_state(self, key: str, value: dict[str, Any] | None) -> None:
-        """Write (``None``: delete) one state record; durable when this returns."""
+        """Write (``None``: delete) one state record (a JSON object); durable when this
+        returns, and never half-written."""
 
-    def list_state(self, prefix: str = "") -> dict[str, dict[str, Any]]: ...
+    def list_state(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """Every state record whose key starts with ``prefix``."""
 
-    def flush(self) -> None: ...
+    def flush(self) -> None:
+        """Persist pending writes (writes already persist before returning; kept for
+        callers that want an explicit checkpoint)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the index (Edge: flush, close the shard, drop the process lock).
+        Idempotent; any later call raises ``IndexError_``."""

@@ -1,0 +1,427 @@
+"""The one entry point of the embeddings stage: :class:`Embedder`.
+
+Cheap to construct (no model, no file touched), loaded once by :meth:`Embedder.warm_up`
+from FastAPI's lifespan or Celery's ``worker_process_init`` (or on first use). Documents go
+through a content-addressed on-disk cache, so the same text is embedded once per model
+whatever the number of commits, branches and repos it appears in; queries go through a small
+in-memory LRU.
+
+Batches are formed after sorting texts by token length, because a batch is padded to its
+longest member: mixing a 10-token and a 256-token text in one batch wastes most of the work.
+Results are put back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from coderag.errors import ConfigError, EmbeddingError
+from embeddings.backends import (
+    BACKENDS,
+    LoadedModel,
+    ModelSource,
+    check_source,
+    load_model,
+    resolve_model,
+)
+from embeddings.cache import EmbeddingCache, text_key
+
+if TYPE_CHECKING:
+    from coderag.settings import Settings
+
+__all__ = ["EmbedStats", "Embedder"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedStats:
+    """Counters since construction (documents and queries together).
+
+    ``requested == cache_hits + embedded``: a text is either served without running the
+    model (on-disk cache, query LRU, or a duplicate within the same call) or embedded.
+    ``seconds`` is time spent inside the model.
+    """
+
+    requested: int = 0
+    cache_hits: int = 0
+    embedded: int = 0
+    seconds: float = 0.0
+
+
+class Embedder:
+    """Text -> L2-normalised float32 vectors with the configured model and backend."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+        batch_size: int = 32,
+        cache_dir: Path | None = None,
+        models_dir: Path | None = None,
+        *,
+        query_cache_size: int = 2048,
+    ) -> None:
+        if backend not in ("auto", *BACKENDS):
+            raise ConfigError(
+                f"unknown embedding backend {backend!r} (auto, torch, onnx, openvino)"
+            )
+        if device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"unknown embedding device {device!r} (auto, cpu, cuda)")
+        if batch_size < 1:
+            raise ConfigError("embedding batch_size must be >= 1")
+        self._source: ModelSource | None = None
+        self._model_arg = model
+        self._requested_backend = backend
+        self._requested_device = device
+        self.batch_size = batch_size
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._models_dir = Path(models_dir) if models_dir is not None else None
+        self._models_dir_is_tmp = False
+        self.stats = EmbedStats()
+        self._loaded: LoadedModel | None = None
+        self._model_id: str | None = None
+        self._tokenizer: Any = None
+        self._max_seq_length: int | None = None
+        self._cache: EmbeddingCache | None = None
+        self._query_lru: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._query_cache_size = query_cache_size
+        self._load_lock = threading.RLock()
+        self._infer_lock = threading.Lock()  # backends' inference is not re-entrant
+        self._stats_lock = threading.Lock()
+        self._tok_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Embedder:
+        return cls(
+            model=settings.embedding_model,
+            backend=settings.embedding_backend,
+            device=settings.embedding_device,
+            batch_size=settings.embedding_batch_size,
+            cache_dir=settings.cache_dir if settings.embedding_cache else None,
+            models_dir=settings.models_dir,
+        )
+
+    # --- identity --------------------------------------------------------------------------
+    @property
+    def source(self) -> ModelSource:
+        if self._source is None:
+            self._source = resolve_model(self._model_arg)
+        return self._source
+
+    @property
+    def model_path(self) -> str:
+        """Local directory of the model (what ``SentenceTransformer()`` would load)."""
+        return str(self.source.path)
+
+    @property
+    def models_dir(self) -> Path:
+        """Where exports are cached; a per-process temporary dir when none was configured."""
+        if self._models_dir is None:
+            with self._load_lock:
+                if self._models_dir is None:
+                    tmp = tempfile.mkdtemp(prefix="coderag-models-")
+                    weakref.finalize(self, shutil.rmtree, tmp, ignore_errors=True)
+                    self._models_dir = Path(tmp)
+                    self._models_dir_is_tmp = True
+        return self._models_dir
+
+    @property
+    def model_id(self) -> str:
+        """``<name>@<sha256 of the model files, 16 hex>``: cache keys and index state depend on
+        it, so it changes exactly when the weights or tokenizer do, not when a path does."""
+        if self._model_id is None:
+            with self._load_lock:
+                if self._model_id is None:
+                    src = self.source
+                    check_source(src)
+                    memo = None if self._models_dir_is_tmp else self._models_dir
+                    digest = src.digest(memo)
+                    self._model_id = f"{src.name}@{digest[:16]}"
+        return self._model_id
+
+    # --- loading ---------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Load (exporting on first use, then cached on disk) the model. Idempotent and
+        thread-safe; the first caller pays, the others wait for it."""
+        if self._loaded is not None:
+            return
+        with self._load_lock:
+            if self._loaded is not None:
+                return
+            t0 = time.perf_counter()
+            loaded = load_model(
+                self.source,
+                self.model_id,
+                self._requested_backend,
+                self._requested_device,
+                self.models_dir,
+            )
+            self._max_seq_length = loaded.max_seq_length
+            self._loaded = loaded
+            log.info(
+                "embedding model %s ready: backend=%s device=%s dim=%d in %.1fs",
+                self.model_id,
+                loaded.backend,
+                loaded.device,
+                loaded.dim,
+                time.perf_counter() - t0,
+            )
+
+    def _model(self) -> LoadedModel:
+        if self._loaded is None:
+            self.warm_up()
+        assert self._loaded is not None
+        return self._loaded
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension (loads the model if needed)."""
+        return self._model().dim
+
+    @property
+    def backend(self) -> str:
+        """Resolved backend after :meth:`warm_up` (torch / onnx / openvino); before it, the
+        requested one."""
+        return self._loaded.backend if self._loaded else self._requested_backend
+
+    @property
+    def device(self) -> str:
+        """Resolved device after :meth:`warm_up` (cpu / cuda); before it, the requested one."""
+        return self._loaded.device if self._loaded else self._requested_device
+
+    @property
+    def backend_info(self) -> dict[str, Any]:
+        """How the backend was obtained: export dir, whether exported in this process, probe
+        cosine against torch, fallback reason. Empty before :meth:`warm_up`."""
+        return dict(self._loaded.info) if self._loaded else {}
+
+    # --- tokens ----------------------------------------------------------------------------
+    def _tok(self) -> Any:
+        if self._tokenizer is None:
+            with self._load_lock:
+                if self._tokenizer is None:
+                    self._tokenizer = _load_tokenizer(self.source)
+        return self._tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens the model reads per text (special tokens included); the rest is truncated.
+        Known without loading the model (sentence-transformers config, else tokenizer)."""
+        if self._max_seq_length is None:
+            self._max_seq_length = _read_max_seq_length(self.source, self._tok())
+        return self._max_seq_length
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text in the model's own tokenizer, special tokens included, no
+        truncation: the chunker budgets chunks with it. Loads the tokenizer only."""
+        if not texts:
+            return []
+        tok = self._tok()
+        backend = getattr(tok, "backend_tokenizer", None)
+        with self._tok_lock:  # HF tokenizers are not safe to call from threads at once
+            if backend is not None:
+                return [len(e.ids) for e in backend.encode_batch(list(texts))]
+            ids = tok(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+            return [len(x) for x in ids]
+
+    # --- embedding -------------------------------------------------------------------------
+    def _get_cache(self) -> EmbeddingCache | None:
+        if self.cache_dir is None:
+            return None
+        if self._cache is None:
+            with self._load_lock:
+                if self._cache is None:
+                    self._cache = EmbeddingCache(self.cache_dir)
+        return self._cache
+
+    def embed_documents(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """``(len(texts), dim)`` float32, L2-normalised, in input order.
+
+        Texts already in the on-disk cache are not embedded again; new vectors are written
+        to it batch by batch, so an interrupted run keeps what it computed. ``progress(n)``
+        is called with the number of texts done so far (cached ones count as done first).
+        """
+        texts = list(texts)
+        model = self._model()
+        n = len(texts)
+        out = np.zeros((n, model.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        keys = [text_key(t) for t in texts]
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        unique = list(first)
+        cache = self._get_cache()
+        vectors: dict[bytes, np.ndarray] = {}
+        if cache is not None:
+            for k, v in zip(unique, self._cache_get(cache, unique), strict=True):
+                if v is not None and v.shape == (model.dim,):
+                    vectors[k] = v
+        todo = [k for k in unique if k not in vectors]
+        copies = Counter(keys)  # a text repeated in the call is embedded once, done n times
+        done = n - sum(copies[k] for k in todo)
+        if progress is not None and done:
+            progress(done)
+
+        todo_texts = [texts[first[k]] for k in todo]
+
+        def on_batch(batch_keys: list[bytes], batch_vecs: np.ndarray) -> None:
+            nonlocal done
+            for k, v in zip(batch_keys, batch_vecs, strict=True):
+                vectors[k] = v
+            if cache is not None:
+                self._cache_put(cache, batch_keys, batch_vecs)
+            done += sum(copies[k] for k in batch_keys)
+            if progress is not None:
+                progress(done)
+
+        embedded = self._encode_sorted(todo_texts, todo, on_batch)
+        with self._stats_lock:
+            self.stats.requested += n
+            self.stats.embedded += embedded
+            self.stats.cache_hits += n - embedded
+        for i, k in enumerate(keys):
+            out[i] = vectors[k]
+        return out
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Same model and vectors as documents; recent queries are served from memory."""
+        texts = list(texts)
+        model = self._model()
+        out = np.zeros((len(texts), model.dim), dtype=np.float32)
+        if not texts:
+            return out
+        todo: list[str] = []
+        with self._stats_lock:
+            for t in dict.fromkeys(texts):
+                if t in self._query_lru:
+                    self._query_lru.move_to_end(t)
+                else:
+                    todo.append(t)
+            known = {t: self._query_lru[t] for t in texts if t in self._query_lru}
+        new: dict[str, np.ndarray] = {}
+
+        def on_batch(batch: list[str], vecs: np.ndarray) -> None:
+            new.update(zip(batch, vecs, strict=True))
+
+        embedded = self._encode_sorted(todo, todo, on_batch)
+        with self._stats_lock:
+            for t, v in new.items():
+                self._query_lru[t] = v
+                self._query_lru.move_to_end(t)
+            while len(self._query_lru) > self._query_cache_size:
+                self._query_lru.popitem(last=False)
+            self.stats.requested += len(texts)
+            self.stats.embedded += embedded
+            self.stats.cache_hits += len(texts) - embedded
+        known.update(new)
+        for i, t in enumerate(texts):
+            out[i] = known[t]
+        return out
+
+    def _encode_sorted(
+        self,
+        texts: list[str],
+        tags: list[Any],
+        on_batch: Callable[[list[Any], np.ndarray], None],
+    ) -> int:
+        """Embed ``texts`` longest first in batches; ``on_batch(tags, vectors)`` per batch."""
+        if not texts:
+            return 0
+        model = self._model()
+        limit = model.max_seq_length
+        lengths = [min(n, limit) for n in self.count_tokens(texts)]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = [texts[i] for i in idx]
+            t0 = time.perf_counter()
+            with self._infer_lock:  # per batch: a query waits one batch at most
+                try:
+                    vecs = model.encoder.encode(batch)
+                except Exception as exc:
+                    raise EmbeddingError(
+                        f"embedding {len(batch)} texts with {model.backend} failed: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+            with self._stats_lock:
+                self.stats.seconds += time.perf_counter() - t0
+            on_batch([tags[i] for i in idx], vecs)
+        return len(texts)
+
+    def _cache_get(self, cache: EmbeddingCache, keys: list[bytes]) -> list[np.ndarray | None]:
+        try:
+            return cache.get(self.model_id, keys)
+        except Exception as exc:  # a cache is an optimisation, never an outage
+            log.warning("embedding cache read failed (%s); embedding instead", exc)
+            return [None] * len(keys)
+
+    def _cache_put(self, cache: EmbeddingCache, keys: list[bytes], vecs: np.ndarray) -> None:
+        try:
+            cache.put(self.model_id, keys, vecs)
+        except Exception as exc:  # same: the vectors are still returned
+            log.warning("embedding cache write failed (%s); continuing uncached", exc)
+
+    def close(self) -> None:
+        """Close the cache file handles (the model stays loaded)."""
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+
+def _load_tokenizer(src: ModelSource) -> Any:
+    from embeddings.backends import _offline
+
+    _offline()
+    check_source(src)
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src.path), local_files_only=True)
+    except Exception as exc:
+        raise EmbeddingError(f"loading the tokenizer of {src.path}: {exc}") from exc
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        # Counting must see whole texts: tokenizer.json may carry a truncation / padding
+        # setting, and this private instance is only ever used for counting.
+        backend.no_truncation()
+        backend.no_padding()
+    return tok
+
+
+def _read_max_seq_length(src: ModelSource, tokenizer: Any) -> int:
+    import json
+
+    cfg = src.path / "sentence_bert_config.json"
+    if cfg.is_file():
+        value = json.loads(cfg.read_text()).get("max_seq_length")
+        if value:
+            return int(value)
+    limit = int(getattr(tokenizer, "model_max_length", 512) or 512)
+    model_cfg = src.path / "config.json"
+    if model_cfg.is_file():
+        pos = json.loads(model_cfg.read_text()).get("max_position_embeddings")
+        if pos:
+            limit = min(limit, int(pos))
+    return limit

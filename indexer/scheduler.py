@@ -1,0 +1,226 @@
+"""The jobs behind every task, shared by Celery workers and the embedded executor.
+
+A job takes ids only (repo id, branch) and reads everything else from the registry and the
+coordinator, so a task message can be retried, duplicated or delivered late and still do the
+right thing: bring the branch to its newest pending commit, once.
+
+``run_branch`` is the folding loop (see :mod:`indexer.coordination`): holding the branch lock,
+clear the "scheduled" flag, read the newest pending commit, fetch the mirror, index it, drop
+the pending entry if nothing newer arrived, and go round again while something newer did.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from coderag.errors import (
+    CoderagError,
+    GitError,
+    IndexError_,
+    TransientError,
+    translate,
+)
+from coderag.repos import RepoRecord, RepoRegistry
+from indexer.coordination import Coordinator, Pending
+from indexer.git import NULL_SHA, GitRepo, redact_url
+from indexer.mirrors import mirror_for_url
+
+if TYPE_CHECKING:
+    from coderag.runtime import Runtime
+
+__all__ = [
+    "RETRYABLE",
+    "BranchBusy",
+    "JobContext",
+    "Scheduler",
+    "reindex_repo",
+    "remove_repo",
+    "run_branch",
+    "tag_label",
+]
+
+log = logging.getLogger(__name__)
+
+RETRYABLE: tuple[type[CoderagError], ...] = (TransientError, GitError, IndexError_)
+"""Errors worth retrying with backoff: broker/Redis hiccups, a fetch that failed, the index
+briefly unavailable. Anything else (a commit that no longer exists, bad config) is recorded
+on the repo and not retried."""
+
+
+def tag_label(tag: str) -> str:
+    """The ``branches`` label of an indexed tag. ``:`` is illegal in git ref names, so a tag
+    label can never collide with a branch name."""
+    return f"tag:{tag}"
+
+
+class BranchBusy(Exception):  # a signal, not an error
+    """Another run holds the branch lock: re-enqueue this task a little later."""
+
+
+class Scheduler(Protocol):
+    """What a job needs to schedule follow-up work (the dispatcher, seen from a job)."""
+
+    def submit_push(
+        self, repo_id: str, branch: str, after_sha: str, received_at: float, *, full: bool = False
+    ) -> str: ...
+
+
+@dataclass
+class JobContext:
+    """Everything a job touches; built once per worker process (or per embedded app)."""
+
+    runtime: Runtime
+    registry: RepoRegistry
+    coordinator: Coordinator
+    scheduler: Scheduler
+    fetch: Callable[[RepoRecord], Any] | None = None
+    """Mirror fetcher override (tests); default: :func:`indexer.mirrors.mirror_for_url`."""
+
+    def mirror(self, rec: RepoRecord) -> Any:
+        if self.fetch is not None:
+            return self.fetch(rec)
+        with translate(GitError, f"fetching {redact_url(rec.url)}"):
+            return mirror_for_url(rec.url, self.runtime.settings)
+
+
+# ----------------------------------------------------------------------------- jobs
+def run_branch(ctx: JobContext, repo_id: str, branch: str) -> dict[str, Any]:
+    """Bring (repo, branch) to its newest pending commit; fold whatever arrives meanwhile.
+
+    Raises :class:`BranchBusy` when another run owns the branch (the caller re-enqueues),
+    a :data:`RETRYABLE` error when worth retrying (pending is kept for the retry).
+    """
+    coord = ctx.coordinator
+    runs: list[dict[str, Any]] = []
+    with coord.lock(repo_id, branch) as held:
+        if not held:
+            raise BranchBusy(f"{repo_id}:{branch}")
+        while True:
+            coord.release_schedule(repo_id, branch)  # before reading: see module docstring
+            p = coord.pending(repo_id, branch)
+            if p is None:
+                break
+            rec = ctx.registry.get(repo_id)
+            if rec is None:  # removed since the push: nothing to index
+                coord.consume(repo_id, branch, p.seq)
+                break
+            try:
+                runs.append(_run_once(ctx, rec, branch, p))
+            except RETRYABLE:
+                raise  # pending stays: the retry (or the next push) picks it up
+            except CoderagError as exc:
+                # Permanent for this commit (e.g. force-pushed away): record it, move on.
+                coord.consume(repo_id, branch, p.seq)
+                ctx.registry.record_run(repo_id, branch, _failed(p, exc))
+                log.warning(
+                    "index run failed",
+                    extra={"repo": repo_id, "branch": branch, "error": exc.detail},
+                )
+                continue
+            coord.consume(repo_id, branch, p.seq)
+        if runs and ctx.registry.get(repo_id) is None:
+            # Removed while we were writing: make sure no point of it survives us.
+            ctx.runtime.indexer.delete_repo(repo_id)
+    return {"repo": repo_id, "branch": branch, "runs": runs}
+
+
+def _run_once(ctx: JobContext, rec: RepoRecord, branch: str, p: Pending) -> dict[str, Any]:
+    indexer = ctx.runtime.indexer
+    started = time.time()
+    if p.sha == NULL_SHA:
+        removed = indexer.delete_branch(rec.id, branch)
+        outcome: dict[str, Any] = {
+            "action": "delete",
+            "commit": None,
+            "mode": "delete",
+            "chunks_removed": removed,
+        }
+    else:
+        mirror = ctx.mirror(rec)
+        if p.full:  # forget what is indexed: the run rewrites every chunk of the branch
+            from indexer.service import branch_state_key
+
+            ctx.runtime.index.set_state(branch_state_key(rec.id, branch), None)
+        report = index_commit(indexer, mirror, rec.id, branch, p.sha)
+        outcome = {
+            "action": "index",
+            "commit": report.commit,
+            "mode": report.mode,
+            "report": report.as_dict(),
+        }
+    done = time.time()
+    run = {
+        **outcome,
+        "pushes": p.pushes,
+        "pushed_at": p.received_at,
+        "first_pushed_at": p.first_received_at,
+        "started_at": started,
+        "indexed_at": done,
+        "lag_seconds": round(done - p.received_at, 3),
+        "max_lag_seconds": round(done - p.first_received_at, 3),
+        "seconds": round(done - started, 3),
+        "error": None,
+    }
+    ctx.registry.record_run(rec.id, branch, run)
+    log.info("branch run", extra={"repo": rec.id, "branch": branch, "run": run})
+    return run
+
+
+def _failed(p: Pending, exc: CoderagError) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "action": "delete" if p.sha == NULL_SHA else "index",
+        "commit": None if p.sha == NULL_SHA else p.sha,
+        "mode": "failed",
+        "pushes": p.pushes,
+        "pushed_at": p.received_at,
+        "indexed_at": None,
+        "failed_at": now,
+        "error": f"{exc.error_code}: {exc.detail}",
+    }
+
+
+def reindex_repo(ctx: JobContext, repo_id: str, *, full: bool = True) -> dict[str, Any]:
+    """Fetch the mirror and schedule a run of every branch the patterns select.
+
+    ``full`` forgets what is indexed so each branch is rewritten (through the embedding
+    cache); the runs go through the same per-branch folding as pushes.
+    """
+    rec = ctx.registry.require(repo_id)
+    mirror = ctx.mirror(rec)
+    heads = list_branches(GitRepo(mirror))
+    now = time.time()
+    scheduled = {}
+    for branch, sha in sorted(heads.items()):
+        if rec.branch_enabled(branch):
+            scheduled[branch] = ctx.scheduler.submit_push(repo_id, branch, sha, now, full=full)
+    return {"repo": repo_id, "branches": scheduled}
+
+
+def remove_repo(ctx: JobContext, repo_id: str) -> dict[str, Any]:
+    """Delete every point and state record of the repository, and forget its pending work."""
+    ctx.coordinator.forget_repo(repo_id)
+    ctx.registry.delete(repo_id)
+    removed = ctx.runtime.indexer.delete_repo(repo_id)
+    return {"repo": repo_id, "chunks_removed": removed}
+
+
+def index_commit(indexer: Any, source: Any, repo: str, branch: str, commit: str) -> Any:
+    """``IndexService.index`` called through the class: the service keeps its VectorIndex in
+    the instance attribute ``index``, which shadows the method on instances."""
+    return type(indexer).index(indexer, source, repo, branch, commit)
+
+
+def list_branches(git: GitRepo) -> dict[str, str]:
+    """branch name -> head sha of every branch of a (bare) repository."""
+    out = git.run("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
+    heads: dict[str, str] = {}
+    for line in out.decode("utf-8", "surrogateescape").splitlines():
+        sha, _, ref = line.partition(" ")
+        if ref.startswith("refs/heads/"):
+            heads[ref.removeprefix("refs/heads/")] = sha
+    return heads

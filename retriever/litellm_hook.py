@@ -1,0 +1,239 @@
+"""LiteLLM gateway hook: retrieved code context, prepended to chat requests.
+
+Reference it from the gateway's ``config.yaml`` (see ``docs/INTEGRATIONS.md``)::
+
+    litellm_settings:
+      callbacks: retriever.litellm_hook.proxy_handler_instance
+
+For every chat completion (call types ``completion`` / ``acompletion``) the hook takes the
+text of the last user message, asks coderag's ``POST /v1/context`` for the best code regions
+within a token budget, and puts them in a system message in front of the conversation (or
+appends them to the conversation's own leading system message, since several chat templates
+refuse two system messages in a row).
+
+Which repositories, in order of precedence:
+
+1. request metadata ``{"metadata": {"coderag": {"repos": [...], "branch": "main"}}}``
+   (``"coderag": false`` turns the hook off for that request);
+2. request metadata ``{"metadata": {"repo": "group/project", "branch": "main"}}``;
+3. headers ``x-coderag-repos: group/a,group/b`` and ``x-coderag-branch: main`` on the request
+   to the gateway (read from ``data["proxy_server_request"]["headers"]``); ``x-coderag: off``
+   turns the hook off;
+4. none of these: every repo the hook's token may read.
+
+Configuration (environment of the gateway process): ``CODERAG_API_URL`` (default
+``http://127.0.0.1:8080``), ``CODERAG_API_TOKEN`` (bearer token; scope it to the repos the
+gateway's users may see), ``CODERAG_HOOK_TIMEOUT`` (seconds, default 2), ``CODERAG_HOOK_K``
+(chunks searched, default 10), ``CODERAG_HOOK_TOKEN_BUDGET`` (default: the server's).
+
+The gateway must never fail because context is unavailable: any error of coderag (down,
+slow, 4xx, 5xx, malformed answer) is logged and the request passes through unchanged.
+Neither the query nor the code is logged, only sizes and the failure's kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+# Air-gapped: importing litellm would otherwise try to download its model cost map.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from litellm.integrations.custom_logger import CustomLogger
+
+__all__ = [
+    "CHAT_CALL_TYPES",
+    "CoderagContextHook",
+    "last_user_text",
+    "proxy_handler_instance",
+    "selection",
+]
+
+log = logging.getLogger("coderag.litellm_hook")
+
+CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
+REPOS_HEADER = "x-coderag-repos"
+BRANCH_HEADER = "x-coderag-branch"
+SWITCH_HEADER = "x-coderag"
+MAX_QUERY_CHARS = 20_000
+PREAMBLE = (
+    "Code retrieved from the organisation's repositories for the user's last message "
+    "(coderag; it may be incomplete or not relevant, use it only where it helps):"
+)
+
+
+def last_user_text(messages: Any) -> str:
+    """Text of the last ``user`` message (string content, or the text parts of a list)."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str):
+        return ""
+    for msg in reversed(messages):
+        if not isinstance(msg, Mapping) or msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, Sequence):
+            parts = [
+                str(p.get("text", ""))
+                for p in content
+                if isinstance(p, Mapping) and p.get("type") in ("text", "input_text")
+            ]
+            return "\n".join(p for p in parts if p)
+        return ""
+    return ""
+
+
+def _headers(data: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for src in (
+        (data.get("metadata") or {}).get("headers")
+        if isinstance(data.get("metadata"), Mapping)
+        else None,
+        (data.get("proxy_server_request") or {}).get("headers")
+        if isinstance(data.get("proxy_server_request"), Mapping)
+        else None,
+    ):
+        if isinstance(src, Mapping):
+            out.update({str(k).lower(): str(v) for k, v in src.items()})
+    return out
+
+
+def _repo_list(v: Any) -> list[str]:
+    if isinstance(v, str):
+        return [r.strip() for r in v.split(",") if r.strip()]
+    if isinstance(v, Sequence):
+        return [str(r).strip() for r in v if str(r).strip()]
+    return []
+
+
+def selection(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Repos and branch the request asks for (see the module docstring); None: hook off."""
+    meta = data.get("metadata") if isinstance(data.get("metadata"), Mapping) else {}
+    headers = _headers(data)
+    cfg = meta.get("coderag")
+    if cfg is False or headers.get(SWITCH_HEADER, "").strip().lower() in ("off", "0", "false"):
+        return None
+    if isinstance(cfg, Mapping):
+        if cfg.get("enabled") is False:
+            return None
+        repos = _repo_list(cfg.get("repos")) or _repo_list(cfg.get("repo"))
+        branch = cfg.get("branch")
+    else:
+        repos, branch = [], None
+    if not repos:
+        repos = _repo_list(meta.get("repo")) or _repo_list(meta.get("repos"))
+        branch = branch or meta.get("branch")
+    if not repos:
+        repos = _repo_list(headers.get(REPOS_HEADER))
+    branch = branch or headers.get(BRANCH_HEADER) or None
+    return {"repos": repos, "branch": str(branch) if branch else None}
+
+
+class CoderagContextHook(CustomLogger):
+    """Prepends coderag context to chat requests; never fails the request because of it."""
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float | None = None,
+        k: int | None = None,
+        token_budget: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.api_url = api_url or os.environ.get("CODERAG_API_URL") or "http://127.0.0.1:8080"
+        self.api_url = self.api_url.rstrip("/")
+        self.token = token if token is not None else os.environ.get("CODERAG_API_TOKEN")
+        self.timeout = float(timeout or os.environ.get("CODERAG_HOOK_TIMEOUT") or 2.0)
+        self.k = int(k or os.environ.get("CODERAG_HOOK_K") or 10)
+        budget = token_budget or os.environ.get("CODERAG_HOOK_TOKEN_BUDGET")
+        self.token_budget = int(budget) if budget else None
+        self._clients: dict[int, httpx.AsyncClient] = {}
+
+    def _client(self) -> httpx.AsyncClient:
+        """One client per event loop: an httpx client is bound to the loop that made it."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(id(loop))
+        if client is None or client.is_closed:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            client = httpx.AsyncClient(
+                base_url=self.api_url, headers=headers, timeout=self.timeout, trust_env=False
+            )
+            self._clients = {id(loop): client}  # older loops are gone with their clients
+        return client
+
+    async def fetch_context(self, query: str, repos: list[str], branch: str | None) -> str:
+        """The context text for ``query`` ("" when nothing relevant); raises on any failure."""
+        body: dict[str, Any] = {"query": query[:MAX_QUERY_CHARS], "k": self.k}
+        if repos:
+            body["repos"] = repos
+        if branch:
+            body["branch"] = branch
+        if self.token_budget:
+            body["token_budget"] = self.token_budget
+        resp = await asyncio.wait_for(
+            self._client().post("/v1/context", json=body), timeout=self.timeout
+        )
+        resp.raise_for_status()
+        payload = resp.json()
+        text = payload.get("text") if isinstance(payload, Mapping) else None
+        if not isinstance(text, str):
+            raise ValueError("coderag answered without a 'text' field")
+        return text
+
+    async def async_pre_call_hook(
+        self,
+        user_api_key_dict: Any,
+        cache: Any,
+        data: dict,
+        call_type: Any,
+    ) -> dict:
+        """Add context to chat requests; any other call type passes through untouched."""
+        if call_type not in CHAT_CALL_TYPES or not isinstance(data, dict):
+            return data
+        try:
+            sel = selection(data)
+            messages = data.get("messages")
+            query = last_user_text(messages)
+            if sel is None or not query.strip():
+                return data
+            text = await self.fetch_context(query, sel["repos"], sel["branch"])
+            if text.strip():
+                data["messages"] = _with_context(list(messages), f"{PREAMBLE}\n\n{text}")
+                log.info(
+                    "context added",
+                    extra={"repos": sel["repos"] or ["*"], "context_chars": len(text)},
+                )
+        except Exception as exc:  # the gateway must never fail because of context
+            reason = (
+                f"HTTP {exc.response.status_code}"
+                if isinstance(exc, httpx.HTTPStatusError)
+                else type(exc).__name__
+            )
+            log.warning(
+                "coderag context unavailable; request passed through",
+                extra={"reason": reason, "api_url": self.api_url},
+            )
+        return data
+
+
+def _with_context(messages: list[Any], context: str) -> list[Any]:
+    first = messages[0] if messages else None
+    if (
+        isinstance(first, Mapping)
+        and first.get("role") == "system"
+        and isinstance(first.get("content"), str)
+    ):
+        merged = {**first, "content": f"{first['content']}\n\n{context}"}
+        return [merged, *messages[1:]]
+    return [{"role": "system", "content": context}, *messages]
+
+
+proxy_handler_instance = CoderagContextHook()
+"""What the gateway's ``litellm_settings.callbacks`` names."""

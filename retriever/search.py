@@ -1,0 +1,208 @@
+"""Query -> ranked chunks: dense, lexical, and a hybrid that has to earn its fusion.
+
+Naive equal-weight RRF *loses* to dense alone on natural-language code search (CoSQA: 54 ->
+45 MRR): rank fusion throws away how confident each retriever is. We fuse scores instead:
+each list is normalised against its own top score, and the two are mixed with a weight that
+depends on the query (identifier-like queries lean lexical, prose leans dense). Symbol and path
+matches add a small bonus. Results are then diversified per file and optionally re-ranked by a
+local cross-encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from coderag.errors import InputError
+from coderag.index import ScoredRecord, SearchFilter, VectorIndex
+from coderag.models import Hit
+from embeddings import Embedder, sparse_query
+from retriever.query import ParsedQuery, parse_query
+
+__all__ = ["FusionConfig", "Mode", "Retriever", "record_to_hit"]
+
+log = logging.getLogger(__name__)
+Mode = Literal["hybrid", "dense", "lexical"]
+_MODES = ("hybrid", "dense", "lexical")
+
+
+@dataclass(frozen=True, slots=True)
+class FusionConfig:
+    """Weights of the score fusion; defaults measured with ``coderag eval`` (see README)."""
+
+    dense_weight_prose: float = 0.8
+    dense_weight_code: float = 0.5
+    candidates: int = 100
+    symbol_bonus: float = 0.05
+    path_bonus: float = 0.1
+
+
+class Retriever:
+    """Searches one index with one embedder. Cheap to construct; thread-safe."""
+
+    def __init__(
+        self,
+        index: VectorIndex,
+        embedder: Embedder,
+        *,
+        fusion: FusionConfig | None = None,
+        reranker_model: str | None = None,
+        max_per_file: int = 2,
+    ) -> None:
+        self.index = index
+        self.embedder = embedder
+        self.fusion = fusion or FusionConfig()
+        self.max_per_file = max_per_file
+        self._reranker_path = reranker_model
+        self._reranker = None
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------- search
+    def search(
+        self,
+        query: str,
+        *,
+        repos: Sequence[str] | None = None,
+        branch: str | None = None,
+        path_globs: Sequence[str] | None = None,
+        languages: Sequence[str] | None = None,
+        k: int = 10,
+        mode: Mode = "hybrid",
+        max_per_file: int | None = None,
+    ) -> list[Hit]:
+        if mode not in _MODES:
+            raise InputError(f"mode must be one of {', '.join(_MODES)}, not {mode!r}")
+        if k < 1 or k > 1000:
+            raise InputError("k must be between 1 and 1000")
+        if not query or not query.strip():
+            raise InputError("query is empty")
+        pq = parse_query(query)
+        flt = SearchFilter(repos=repos, branch=branch, path_globs=path_globs, languages=languages)
+        per_file = max_per_file if max_per_file is not None else self.max_per_file
+        n_cand = max(self.fusion.candidates, k * max(per_file, 1) * 3)
+        scored = self._scores(pq, flt, mode, n_cand)
+        hits = [record_to_hit(r, s) for r, s in scored]
+        if self._reranker_path:
+            hits = self._rerank(pq.text, hits[: max(3 * k, 30)])
+        return _diversify(hits, per_file, k)
+
+    def search_files(
+        self, query: str, *, k: int = 10, mode: Mode = "hybrid", **filters: object
+    ) -> list[tuple[str, float, Hit]]:
+        """Files ranked by their best chunk: (path, score, best hit)."""
+        hits = self.search(
+            query, k=min(1000, max(200, k * 20)), mode=mode, max_per_file=1000, **filters
+        )  # type: ignore[arg-type]
+        best: dict[tuple[str, str], Hit] = {}
+        for h in hits:
+            key = (h.repo, h.path)
+            if key not in best or h.score > best[key].score:
+                best[key] = h
+        ranked = sorted(best.values(), key=lambda h: -h.score)
+        return [(h.path, h.score, h) for h in ranked[:k]]
+
+    # -------------------------------------------------------------------------- internals
+    def _scores(
+        self, pq: ParsedQuery, flt: SearchFilter, mode: Mode, n: int
+    ) -> list[tuple[ScoredRecord, float]]:
+        dense: list[ScoredRecord] = []
+        lexical: list[ScoredRecord] = []
+        if mode in ("dense", "hybrid"):
+            vec = self.embedder.embed_queries([pq.text])[0]
+            dense = self.index.search_dense(vec.tolist(), flt, n)
+        if mode in ("lexical", "hybrid"):
+            sv = sparse_query(" ".join([pq.text, *pq.identifiers]))
+            if sv.indices:
+                lexical = self.index.search_sparse(sv, flt, n)
+        if mode == "dense":
+            return [(r, r.score) for r in dense]
+        if mode == "lexical":
+            return [(r, r.score) for r in lexical]
+        return self._fuse(pq, dense, lexical)
+
+    def _fuse(
+        self, pq: ParsedQuery, dense: list[ScoredRecord], lexical: list[ScoredRecord]
+    ) -> list[tuple[ScoredRecord, float]]:
+        f = self.fusion
+        w = f.dense_weight_prose + (f.dense_weight_code - f.dense_weight_prose) * pq.code_like
+        d_norm = _normalise(dense)
+        l_norm = _normalise(lexical)
+        records = {r.id: r for r in lexical}
+        records.update({r.id: r for r in dense})
+        idents = {i.lower().rsplit(".", 1)[-1] for i in pq.identifiers}
+        paths = tuple(p.lower() for p in pq.paths)
+        out = []
+        for pid, rec in records.items():
+            score = w * d_norm.get(pid, 0.0) + (1 - w) * l_norm.get(pid, 0.0)
+            sym = str(rec.payload.get("symbol") or "").lower()
+            if sym and idents and sym.rsplit(".", 1)[-1] in idents:
+                score += f.symbol_bonus
+            path = str(rec.payload.get("path") or "").lower()
+            if paths and any(path.endswith(p) for p in paths):
+                score += f.path_bonus
+            out.append((rec, score))
+        out.sort(key=lambda t: -t[1])
+        return out
+
+    def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        with self._lock:
+            if self._reranker is None:
+                from sentence_transformers import CrossEncoder
+
+                self._reranker = CrossEncoder(self._reranker_path, local_files_only=True)
+        scores = self._reranker.predict([(query, h.text) for h in hits])
+        order = sorted(range(len(hits)), key=lambda i: -float(scores[i]))
+        return [_with_score(hits[i], float(scores[i])) for i in order]
+
+
+def _normalise(records: list[ScoredRecord]) -> dict[str, float]:
+    """Scale a result list into [0, 1] by its own range, so two retrievers' scores mix."""
+    if not records:
+        return {}
+    hi = max(r.score for r in records)
+    lo = min(r.score for r in records)
+    span = hi - lo
+    if span <= 1e-9:
+        return {r.id: 1.0 for r in records}
+    return {r.id: (r.score - lo) / span for r in records}
+
+
+def _diversify(hits: list[Hit], per_file: int, k: int) -> list[Hit]:
+    counts: dict[tuple[str, str], int] = {}
+    out: list[Hit] = []
+    for h in hits:
+        key = (h.repo, h.path)
+        if counts.get(key, 0) >= per_file:
+            continue
+        counts[key] = counts.get(key, 0) + 1
+        out.append(h)
+        if len(out) >= k:
+            break
+    return out
+
+
+def record_to_hit(rec: ScoredRecord, score: float) -> Hit:
+    p = rec.payload
+    return Hit(
+        id=rec.id,
+        score=float(score),
+        repo=str(p.get("repo", "")),
+        path=str(p.get("path", "")),
+        language=str(p.get("language", "")),
+        start_line=int(p.get("start_line", 0)),
+        end_line=int(p.get("end_line", 0)),
+        text=str(p.get("text", "")),
+        kind=str(p.get("kind", "block")),
+        symbol=str(p.get("symbol", "")),
+        branches=tuple(p.get("branches") or ()),
+        commit=str(p.get("commit", "")),
+    )
+
+
+def _with_score(h: Hit, score: float) -> Hit:
+    from dataclasses import replace
+
+    return replace(h, score=score)

