@@ -76,7 +76,9 @@ class GitSource:
 class DirSource:
     """Files under a directory (not a git repository). Symlinks are never followed."""
 
-    _PRUNE: ClassVar[frozenset[str]] = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", ".tox"})
+    _PRUNE: ClassVar[frozenset[str]] = frozenset(
+        {".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", ".tox"}
+    )
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
