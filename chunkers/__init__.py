@@ -3,6 +3,15 @@
 tree-sitter AST chunking (split what is too big, merge what is too small) for code, section
 chunking for Markdown/TOML/YAML, line windows for everything else and as the fallback; skip
 rules with reasons. Imports nothing of the service but :mod:`coderag.models`.
+
+Chunk kinds: ``function``, ``method`` (a function directly in a class-like definition),
+``class``, ``struct``, ``interface``, ``enum``, ``impl``, ``trait``, ``object``, ``record``,
+``namespace`` (C++/C#/TS namespaces, Ruby modules), ``type``, ``macro``; ``module`` for
+top-level code between definitions; ``block`` for a chunk of several small definitions of
+different kinds; ``section`` (Markdown/TOML/YAML) and ``lines`` (line windows, including
+every fallback). Symbols are dotted paths (``Session.request``, ``geo.Shape.area``, Go
+``Server.Start``), comma-joined when small definitions share a chunk, and heading paths
+(``Install > From source``) for sections.
 """
 
 from chunkers.api import ChunkResult, FileChunker, chunk_file

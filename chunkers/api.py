@@ -51,8 +51,9 @@ class FileChunker:
     the tokenizer.json's truncation/padding (which would cap every count) and, for WordPiece,
     adds ``count_lines`` so that each file is tokenized once, in one batch. Without a
     counter, the conservative estimate :func:`chunkers.tokens.estimate_tokens` is used.
-    ``max_tokens`` includes the context header; sibling units smaller than ``min_tokens`` are
-    merged. Files over ``max_file_bytes`` are skipped.
+    ``max_tokens`` includes the context header. Code that is not a definition packs up to
+    ``max_tokens``; definitions share a chunk only while they are smaller than
+    ``min_tokens``. Files over ``max_file_bytes`` are skipped.
 
     Construction is cheap: parsers are created on first use, one per language and thread
     (tree-sitter parsers must not be shared between threads), and cached.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pathspec
@@ -244,15 +244,33 @@ class PathFilter:
         exclude = root / ".git" / "info" / "exclude"
         if exclude.is_file():
             found._add("", _read_lines(exclude))
+        # Top-down, so a directory's .gitignore is known before its subdirectories are
+        # visited: ignored directories are pruned (git cannot re-include below them), and
+        # the specs list stays ordered ancestors-first, which makes the deepest file win.
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(
-                d for d in dirnames if d not in IGNORED_DIRS and d not in VENDORED_DIRS
-            )
+            rel = Path(dirpath).relative_to(root).as_posix()
+            base = "" if rel == "." else rel
             if ".gitignore" in filenames:
-                rel = Path(dirpath).relative_to(root).as_posix()
-                found._add("" if rel == "." else rel, _read_lines(Path(dirpath) / ".gitignore"))
-        # Shallow before deep, so that the last definite answer is the deepest one.
-        found._specs.sort(key=lambda item: (item[0].count("/") + bool(item[0]), item[0]))
+                found._add(base, _read_lines(Path(dirpath) / ".gitignore"))
+            dirnames[:] = sorted(
+                d
+                for d in dirnames
+                if d not in IGNORED_DIRS
+                and d not in VENDORED_DIRS
+                and found._gitignored(f"{base}/{d}/" if base else f"{d}/") is None
+            )
+        return found
+
+    @classmethod
+    def from_gitignores(
+        cls, gitignores: Mapping[str, Iterable[str]], extra_patterns: Iterable[str] = ()
+    ) -> PathFilter:
+        """Like :meth:`from_root` for .gitignore contents already at hand (read from a git
+        tree, say): ``{directory: lines}`` with ``""`` for the root. Each file applies to its
+        own subtree and deeper files win, with no rewriting of the patterns."""
+        found = cls((), extra_patterns)
+        for base in sorted(gitignores, key=lambda b: (b.count("/") + bool(b), b)):
+            found._add(normalize_path(base).rstrip("/"), list(gitignores[base]))
         return found
 
     def _add(self, base: str, lines: list[str]) -> None:

@@ -41,7 +41,7 @@ from coderag.errors import CoderagError
 from coderag.logging import configure_logging
 from coderag.metrics import CONTENT_TYPE_LATEST, HTTP_ERRORS, generate_latest, refresh
 from coderag.settings import Settings, get_settings
-from retriever.api import ErrorResponse
+from retriever.api import ERROR_RESPONSES, ErrorResponse
 from retriever.api import router as retrieval_router
 
 if TYPE_CHECKING:  # the runtime imports the model stack: never at import time
@@ -139,7 +139,25 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     detail = exc.detail if isinstance(exc.detail, str) else str(jsonable_encoder(exc.detail))
-    return _error(exc.status_code, code, detail, dict(exc.headers or {}) or None)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return _error(exc.status_code, code, detail, headers or None)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method any route serves at this path. Starlette's 405 names only the first
+    route that matched the path, wrong when GET and POST of one path are two routes."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
 
 
 class _RequestContext:
@@ -233,7 +251,11 @@ def _lifespan(settings: Settings, injected: Runtime | None) -> Callable[[FastAPI
             runtime = build_runtime(settings)
         t0 = time.perf_counter()
         try:
-            await anyio.to_thread.run_sync(runtime.warm_up)
+            try:
+                await anyio.to_thread.run_sync(runtime.warm_up)
+            except CoderagError as exc:  # e.g. the Edge shard is owned by another process
+                log.error("cannot start", extra={"error_code": exc.error_code, "error": exc.detail})
+                raise
             app.state.runtime = runtime
             app.state.registry = RepoRegistry(runtime.index)
             app.state.redis = _redis_client(settings)
@@ -431,11 +453,31 @@ def _mount_optional_routers(app: FastAPI) -> None:
             raise
         log.info("webhooks not mounted: %s", exc.name)
         return
-    app.include_router(webhook_router)
+    # Their statuses in the one error shape, so the schema documents every answer.
+    hook_responses = _errors(400, 401, 404, 413, 422, 500, 503)
+    hook_responses[200] = {"description": "Duplicate delivery (this Idempotency-Key was seen)."}
+    app.include_router(webhook_router, responses=hook_responses)
     try:
         from webhooks.repo_routes import repo_router
     except ImportError as exc:
         if not (exc.name or "").startswith("webhooks"):
             raise
         return
-    app.include_router(repo_router, dependencies=[Depends(require_principal)])
+    app.include_router(
+        repo_router,
+        dependencies=[Depends(require_principal)],
+        responses=_errors(400, 401, 403, 404, 409, 422, 500, 502, 503),
+    )
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        s: ERROR_RESPONSES.get(s) or {"model": ErrorResponse, "description": _status_text(s)}
+        for s in statuses
+    }
+
+
+def _status_text(status: int) -> str:
+    from http import HTTPStatus
+
+    return HTTPStatus(status).phrase

@@ -12,7 +12,7 @@ Names and labels (keep label values low-cardinality: no paths, no commit ids, no
 coderag_webhook_events_total           counter       event (push, tag_push, ...), outcome
 coderag_task_duration_seconds          histogram     task (index_push, ...), stage (embed, ...)
 coderag_queue_depth                    gauge         queue (from the dispatcher, at scrape)
-coderag_index_lag_seconds              gauge         repo, branch (from the index, at scrape)
+coderag_index_lag_seconds              gauge         repo, branch (index + dispatcher, at scrape)
 coderag_query_latency_seconds          histogram     endpoint (search, continue, context)
 coderag_chunks_embedded_total          counter       (none)
 coderag_search_results_total           counter       endpoint

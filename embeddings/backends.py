@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from coderag.errors import EmbeddingError
+from coderag.errors import EmbeddingError, translate
 
 __all__ = [
     "BACKENDS",
@@ -427,7 +427,7 @@ def load_model(
 
 
 def _load_torch(src: ModelSource, device: str) -> LoadedModel:
-    with _translate(f"loading embedding model {src.path}"):
+    with translate(EmbeddingError, f"loading embedding model {src.path}"):
         st = _load_st(src.path, device)
         enc = _STEncoder(st)
         # The probes are only needed as the fp32 reference for fp16; on CPU one text gives dim.
@@ -443,16 +443,6 @@ def _load_torch(src: ModelSource, device: str) -> LoadedModel:
                 st.float()
                 info.update(precision="fp32", fallback_reason=f"fp16 cosine {cos:.5f}")
     return LoadedModel(enc, "torch", device, int(ref.shape[1]), int(st.max_seq_length), info)
-
-
-@contextlib.contextmanager
-def _translate(what: str) -> Iterator[None]:
-    try:
-        yield
-    except EmbeddingError:
-        raise
-    except Exception as exc:  # the library boundary
-        raise EmbeddingError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _export_dir(models_dir: Path, model_id: str, backend: str) -> Path:

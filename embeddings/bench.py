@@ -4,9 +4,10 @@ Answers "which backend should this machine use, and does it keep the vectors?" w
 chunks/s per backend through the real :class:`Embedder` pipeline (length-sorted batches,
 tokenisation included, no cache), the speed-up over torch fp32, and the cosine between each
 backend's vectors and torch's. Rounds are interleaved across backends and the best round is
-reported, so a noisy shared machine slows every backend alike instead of whichever ran last.
+reported, so a noisy shared machine slows every backend alike instead of whichever ran last;
+CPU seconds are reported beside wall time for the same reason.
 
-    python -m embeddings.bench --source path/to/python/package --limit 500
+    python -m embeddings.bench --source path/to/pkg --source path/to/other --limit 500
 """
 
 from __future__ import annotations
@@ -94,12 +95,14 @@ def bench_backends(
             emb.embed_documents(texts[:batch_size])  # first-call allocations off the clock
             embedders[name] = emb
         timings: dict[str, list[float]] = {name: [] for name in embedders}
+        cpu: dict[str, list[float]] = {name: [] for name in embedders}
         vectors: dict[str, np.ndarray] = {}
         for _ in range(max(1, rounds)):
             for name, emb in embedders.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 vectors[name] = emb.embed_documents(texts)
                 timings[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
         ref = vectors["torch"]
         base = len(texts) / min(timings["torch"])
         for name in embedders:
@@ -110,6 +113,11 @@ def bench_backends(
                 chunks_per_s=round(cps, 1),
                 chunks_per_s_rounds=[round(len(texts) / t, 1) for t in timings[name]],
                 speedup_vs_torch=round(cps / base, 2),
+                # CPU seconds used (all threads): on a shared, busy machine a steadier
+                # measure of the work a backend needs than wall time.
+                cpu_s=round(min(cpu[name]), 2),
+                chunks_per_cpu_s=round(len(texts) / min(cpu[name]), 1),
+                cpu_speedup_vs_torch=round(min(cpu["torch"]) / min(cpu[name]), 2),
                 cosine_min=round(float(cos.min()), 6),
                 cosine_mean=round(float(cos.mean()), 6),
             )
@@ -132,7 +140,9 @@ def bench_backends(
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m embeddings.bench``: print :func:`bench_backends` as JSON."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", type=Path, required=True, help="directory of source files")
+    ap.add_argument(
+        "--source", type=Path, action="append", required=True, help="source dir (repeatable)"
+    )
     ap.add_argument("--suffix", default=".py")
     ap.add_argument("--lines", type=int, default=40)
     ap.add_argument("--limit", type=int, default=500)
@@ -142,7 +152,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--backend", action="append", dest="backends", help="repeatable")
     ap.add_argument("--models-dir", type=Path, default=None)
     args = ap.parse_args(argv)
-    texts = code_windows(args.source, lines=args.lines, limit=args.limit, suffix=args.suffix)
+    texts: list[str] = []
+    for root in args.source:
+        left = args.limit - len(texts)
+        if left > 0:
+            texts += code_windows(root, lines=args.lines, limit=left, suffix=args.suffix)
     out = bench_backends(
         texts,
         args.batch_size,

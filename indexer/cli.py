@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -52,6 +54,10 @@ def _settings(data_dir: Path | None) -> Settings:
 
 
 # ----------------------------------------------------------------------------- worker
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def worker(
     queues: Annotated[
         str, typer.Option(help="Comma-separated queues: git, index, embed (GPU workers).")
@@ -63,10 +69,31 @@ def worker(
         Pool, typer.Option(help="prefork (CPU), solo or threads (GPU: never fork after CUDA).")
     ] = Pool.prefork,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Prometheus exporter port (/metrics; the container health check). 0: off.",
+        ),
+    ] = 9808,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            "--metrics-host",
+            help="Exporter bind address (all interfaces: Prometheus scrapes from elsewhere).",
+        ),
+    ] = "0.0.0.0",
     data_dir: DataDir = None,
 ) -> None:
-    """Run a Celery worker (distributed mode). The model and the index are loaded once per
-    worker process, after the fork; GPU workers: ``--queues embed --pool solo``."""
+    """Run a Celery worker (distributed mode).
+
+    The model and the index load once per worker process, after the fork. The Prometheus
+    exporter runs in the parent process and exports the metrics of every worker process
+    (prometheus_client's multiprocess mode). GPU workers:
+    --queues embed --pool solo (never fork after CUDA init).
+    """
     from indexer.celery_app import QUEUES, create_celery
 
     settings = _settings(data_dir)
@@ -99,7 +126,40 @@ def worker(
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    create_celery(settings).worker_main(argv)
+    multiproc_dir = None
+    if metrics_port:
+        # Before anything imports prometheus_client: each worker process, prefork children
+        # included, writes its metrics there, and the exporter reads them all.
+        from indexer.worker_metrics import prepare_multiprocess_dir
+
+        multiproc_dir = prepare_multiprocess_dir()
+        if threading.current_thread() is threading.main_thread():
+            # A stop before Celery installs its warm-shutdown handler still unwinds (exit
+            # handlers remove the metrics dir) instead of dying on the default action.
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    celery_app = create_celery(settings)
+    exporter = None
+    if metrics_port:
+        from indexer.dispatch import CeleryDispatcher
+        from indexer.worker_metrics import start_exporter
+
+        depths = CeleryDispatcher(settings, app=celery_app).queue_depths
+        try:
+            exporter = start_exporter(
+                metrics_port, metrics_host, depths=depths, multiproc_dir=multiproc_dir
+            )
+        except OSError as exc:
+            err.print(
+                f"[red]cannot serve metrics on {metrics_host}:{metrics_port}:[/red] {exc} "
+                "(--metrics-port: another port, or 0 to turn the exporter off)"
+            )
+            raise typer.Exit(2) from exc
+        err.print(f"metrics on {exporter.url}")
+    try:
+        celery_app.worker_main(argv)
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 # ----------------------------------------------------------------------------- repo
@@ -266,7 +326,7 @@ def repo_status(
 @repo_app.command("reindex")
 def repo_reindex(
     repo_id: Annotated[str, typer.Argument(help="group/project")],
-    full: Annotated[bool, typer.Option(help="Rewrite every chunk (else catch up).")] = True,
+    full: Annotated[bool, typer.Option(help="Scan whole trees (else catch up to heads).")] = True,
     data_dir: DataDir = None,
 ) -> None:
     """Re-index every selected branch (embedded: now; distributed: by the workers)."""

@@ -29,6 +29,7 @@ from indexer.celery_app import (
     DELETE_BRANCH,
     EXPIRES_S,
     INDEX_BRANCH,
+    QUEUE_GIT,
     QUEUE_INDEX,
     QUEUES,
     REINDEX_REPO,
@@ -168,10 +169,10 @@ class CeleryDispatcher:
         return self.submit_push(repo_id, branch, NULL_SHA, received_at)
 
     def submit_reindex(self, repo_id: str, *, full: bool = True) -> str:
-        return self._send(REINDEX_REPO, [repo_id, full], task_id=new_task_id(), queue="git")
+        return self._send(REINDEX_REPO, [repo_id, full], task_id=new_task_id(), queue=QUEUE_GIT)
 
     def submit_remove(self, repo_id: str) -> str:
-        return self._send(REMOVE_REPO, [repo_id], task_id=new_task_id(), queue="git")
+        return self._send(REMOVE_REPO, [repo_id], task_id=new_task_id(), queue=QUEUE_GIT)
 
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting per queue (kombu's Redis transport: one list per queue and

@@ -141,11 +141,11 @@ def _run_once(ctx: JobContext, rec: RepoRecord, branch: str, p: Pending) -> dict
         }
     else:
         mirror = ctx.mirror(rec)
-        if p.full:  # forget what is indexed: the run rewrites every chunk of the branch
+        if p.full:  # forget the indexed commit: scan the whole tree instead of a diff
             from indexer.service import branch_state_key
 
             ctx.runtime.index.set_state(branch_state_key(rec.id, branch), None)
-        report = index_commit(indexer, mirror, rec.id, branch, p.sha)
+        report = indexer.index(mirror, rec.id, branch, p.sha)
         outcome = {
             "action": "index",
             "commit": report.commit,
@@ -153,6 +153,7 @@ def _run_once(ctx: JobContext, rec: RepoRecord, branch: str, p: Pending) -> dict
             "report": report.as_dict(),
         }
     done = time.time()
+    _observe(outcome, done - started)
     run = {
         **outcome,
         "pushes": p.pushes,
@@ -168,6 +169,17 @@ def _run_once(ctx: JobContext, rec: RepoRecord, branch: str, p: Pending) -> dict
     ctx.registry.record_run(rec.id, branch, run)
     log.info("branch run", extra={"repo": rec.id, "branch": branch, "run": run})
     return run
+
+
+def _observe(outcome: dict[str, Any], seconds: float) -> None:
+    """``coderag_task_duration_seconds{task, stage}``: the run and each of its stages."""
+    from coderag.metrics import TASK_DURATION
+
+    task = "delete_branch" if outcome["action"] == "delete" else "index_branch"
+    TASK_DURATION.labels(task=task, stage="total").observe(seconds)
+    stages = (outcome.get("report") or {}).get("stage_seconds") or {}
+    for stage, sec in stages.items():
+        TASK_DURATION.labels(task=task, stage=str(stage)).observe(float(sec))
 
 
 def _failed(p: Pending, exc: CoderagError) -> dict[str, Any]:
@@ -187,8 +199,10 @@ def _failed(p: Pending, exc: CoderagError) -> dict[str, Any]:
 def reindex_repo(ctx: JobContext, repo_id: str, *, full: bool = True) -> dict[str, Any]:
     """Fetch the mirror and schedule a run of every branch the patterns select.
 
-    ``full`` forgets what is indexed so each branch is rewritten (through the embedding
-    cache); the runs go through the same per-branch folding as pushes.
+    ``full`` forgets each branch's indexed commit, so its run scans the whole tree rather
+    than a diff and repairs whatever a diff could miss (unchanged chunks are kept, not
+    re-embedded; the runs go through the same per-branch folding as pushes). Without it, a
+    branch already indexed just catches up to its head.
     """
     rec = ctx.registry.require(repo_id)
     mirror = ctx.mirror(rec)
@@ -207,12 +221,6 @@ def remove_repo(ctx: JobContext, repo_id: str) -> dict[str, Any]:
     ctx.registry.delete(repo_id)
     removed = ctx.runtime.indexer.delete_repo(repo_id)
     return {"repo": repo_id, "chunks_removed": removed}
-
-
-def index_commit(indexer: Any, source: Any, repo: str, branch: str, commit: str) -> Any:
-    """``IndexService.index`` called through the class: the service keeps its VectorIndex in
-    the instance attribute ``index``, which shadows the method on instances."""
-    return type(indexer).index(indexer, source, repo, branch, commit)
 
 
 def list_branches(git: GitRepo) -> dict[str, str]:

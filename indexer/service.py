@@ -278,10 +278,8 @@ class IndexService:
 
     # ------------------------------------------------------------------------- internals
     def _path_filter(self, src: GitSource | DirSource, files: Sequence[SourceFile]) -> PathFilter:
-        lines: list[str] = []
-        for directory, patterns in sorted(src.gitignore_lines(files).items()):
-            lines.extend(_scope_gitignore(directory, patterns))
-        return PathFilter(lines, self.extra_ignore)
+        """Nested .gitignore files of the tree, each applied to its own subtree."""
+        return PathFilter.from_gitignores(src.gitignore_lines(files), self.extra_ignore)
 
     def _existing(
         self, repo: str, branch: str, paths: Iterable[str] | None
@@ -435,21 +433,3 @@ def _payload(c: Chunk, branches: list[str]) -> dict[str, Any]:
 
 def _sparse_text(c: Chunk) -> str:
     return f"{c.symbol}\n{c.text}" if c.symbol else c.text
-
-
-def _scope_gitignore(directory: str, patterns: Iterable[str]) -> list[str]:
-    """Rewrite a nested .gitignore's patterns so they apply only below its directory."""
-    if not directory:
-        return list(patterns)
-    out = []
-    for raw in patterns:
-        line = raw.rstrip()
-        if not line or line.startswith("#"):
-            continue
-        neg = line.startswith("!")
-        body = line[1:] if neg else line
-        anchored = "/" in body.rstrip("/")
-        body = body.lstrip("/")
-        scoped = f"{directory}/{body}" if anchored else f"{directory}/**/{body}"
-        out.append(("!" if neg else "") + scoped)
-    return out

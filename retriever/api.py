@@ -27,12 +27,13 @@ native code, so FastAPI's thread pool runs them in parallel without blocking the
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from coderag.auth import Principal, require_principal
 from coderag.errors import CoderagError, ForbiddenError, NotFoundError, TransientError
@@ -104,6 +105,19 @@ def _check_text(v: Any) -> Any:
     return v
 
 
+def _json_int(v: Any) -> Any:
+    """JSON Schema's ``integer``: ``3`` and ``3.0`` yes; ``true`` and ``"3"`` no (pydantic's lax
+    mode would take both, strict mode would refuse ``3.0``)."""
+    if isinstance(v, bool | str):
+        raise ValueError("must be an integer")
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+# Constraints before the validator: after it, pydantic emits invalid JSON Schema ("ge").
+K = Annotated[int, Field(ge=1, le=100), BeforeValidator(_json_int)]
+Budget = Annotated[int, Field(ge=100, le=200_000), BeforeValidator(_json_int)]
 RepoName = Annotated[str, Field(min_length=1, max_length=512)]
 Glob = Annotated[str, Field(min_length=1, max_length=512)]
 Lang = Annotated[str, Field(min_length=1, max_length=64)]
@@ -125,7 +139,7 @@ class _Filters(BaseModel):
         description="Repo-relative globs (``src/**/*.py``); ``*`` never crosses ``/``.",
     )
     languages: list[Lang] | None = Field(default=None, max_length=32)
-    k: int = Field(default=10, ge=1, le=100, description="Number of results.")
+    k: K = Field(default=10, description="Number of results.")
     mode: Mode | None = Field(
         default=None, description="hybrid | dense | lexical (default: the server's setting)."
     )
@@ -180,10 +194,8 @@ class SearchResponse(BaseModel):
 class ContextRequest(SearchRequest):
     """``POST /v1/context``: search, then merge and fit the results into a token budget."""
 
-    token_budget: int | None = Field(
+    token_budget: Budget | None = Field(
         default=None,
-        ge=100,
-        le=200_000,
         description="Tokens of context wanted (estimated); default: the server's "
         "``context_token_budget``.",
     )
@@ -223,11 +235,11 @@ class ContinueOptions(BaseModel):
         default=None, description="A list, or one comma-separated string."
     )
     branch: str | None = Field(default=None, max_length=255)
-    k: int | None = Field(default=None, ge=1, le=100)
+    k: K | None = None
     path_globs: list[Glob] | str | None = None
     languages: list[Lang] | str | None = None
     mode: Mode | None = None
-    token_budget: int | None = Field(default=None, ge=100, le=200_000)
+    token_budget: Budget | None = None
 
     @field_validator("*")
     @classmethod
@@ -358,7 +370,7 @@ class _Audit:
             extra={
                 "endpoint": self.endpoint,
                 "token_id": self.principal.token_id,
-                "repos": self.repos if self.repos is not None else ["*"],
+                "repos": self.repos if self.repos is not None else (["*"] if exc is None else []),
                 "results": self.results,
                 "latency_ms": round(seconds * 1000, 2),
                 "query_chars": self.query_chars,
@@ -397,6 +409,11 @@ def _search(
         hits = [h for h in hits if h.repo in allowed]
     audit.results = len(hits)
     return hits
+
+
+_LEADING_MENTIONS = re.compile(r"^\s*@[\w.-]+\s+")
+"""``@coderag how do we ...``: the provider's own mention says nothing about the code (a file
+mention such as ``@src/x.py`` has a ``/`` and stays: its path is a useful signal)."""
 
 
 def _budget(request: Request, wanted: int | None) -> int:
@@ -512,7 +529,7 @@ def continue_context(
     branch and optionally ``k``, ``path_globs``, ``languages``, ``mode``, ``token_budget``.
     """
     opts = body.options or ContinueOptions()
-    text = body.query if body.query.strip() else body.fullInput
+    text = body.query if body.query.strip() else _LEADING_MENTIONS.sub("", body.fullInput)
     repos = _as_list(opts.repos) + ([opts.repo] if opts.repo else [])
     with _Audit("continue", principal, text) as audit:
         if not text.strip():

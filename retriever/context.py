@@ -31,7 +31,7 @@ __all__ = ["ContextBlock", "approx_tokens", "assemble", "merge_hits", "render_bl
 
 CountTokens = Callable[[str], int]
 
-_PIECE = re.compile(r"[A-Za-z]+|[0-9]+|\s+|[^\sA-Za-z0-9]")
+_PIECE = re.compile(r"[A-Za-z]+|[0-9]+|\n|[^\sA-Za-z0-9]")
 MIN_TRUNCATED_TOKENS = 32
 """Below this many tokens left, a truncated block would be a header and a marker: skip it."""
 
@@ -46,8 +46,7 @@ def approx_tokens(text: str) -> int:
     """
     if not text:
         return 0
-    pieces = sum(1 for m in _PIECE.finditer(text) if not m.group().isspace() or "\n" in m.group())
-    return max(math.ceil(len(text) / 4), pieces)
+    return max(math.ceil(len(text) / 4), len(_PIECE.findall(text)))
 
 
 @dataclass(frozen=True, slots=True)

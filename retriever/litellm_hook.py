@@ -5,6 +5,9 @@ Reference it from the gateway's ``config.yaml`` (see ``docs/INTEGRATIONS.md``)::
     litellm_settings:
       callbacks: retriever.litellm_hook.proxy_handler_instance
 
+This module imports nothing of coderag (only ``httpx`` and ``litellm``, both in the gateway's
+image), so the gateway can mount this one file instead of installing coderag.
+
 For every chat completion (call types ``completion`` / ``acompletion``) the hook takes the
 text of the last user message, asks coderag's ``POST /v1/context`` for the best code regions
 within a token budget, and puts them in a system message in front of the conversation (or
@@ -21,10 +24,16 @@ Which repositories, in order of precedence:
    turns the hook off;
 4. none of these: every repo the hook's token may read.
 
+A LiteLLM key whose metadata has ``coderag_repos`` (set by the gateway admin) is held to those
+repos whatever the request asks: request metadata and headers are the user's to choose, key
+metadata is not.
+
 Configuration (environment of the gateway process): ``CODERAG_API_URL`` (default
 ``http://127.0.0.1:8080``), ``CODERAG_API_TOKEN`` (bearer token; scope it to the repos the
 gateway's users may see), ``CODERAG_HOOK_TIMEOUT`` (seconds, default 2), ``CODERAG_HOOK_K``
-(chunks searched, default 10), ``CODERAG_HOOK_TOKEN_BUDGET`` (default: the server's).
+(chunks searched, default 10), ``CODERAG_HOOK_TOKEN_BUDGET`` (default: the server's). The
+usual ``SSL_CERT_FILE`` (an internal CA) and ``HTTP(S)_PROXY`` / ``NO_PROXY`` apply: put
+coderag's host in ``NO_PROXY`` when the gateway reaches the models through a proxy.
 
 The gateway must never fail because context is unavailable: any error of coderag (down,
 slow, 4xx, 5xx, malformed answer) is logged and the request passes through unchanged.
@@ -51,6 +60,7 @@ __all__ = [
     "CoderagContextHook",
     "last_user_text",
     "proxy_handler_instance",
+    "restrict_to_key",
     "selection",
 ]
 
@@ -134,6 +144,20 @@ def selection(data: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"repos": repos, "branch": str(branch) if branch else None}
 
 
+def restrict_to_key(sel: dict[str, Any] | None, user_api_key_dict: Any) -> dict[str, Any] | None:
+    """Narrow a selection to the LiteLLM key's ``metadata.coderag_repos`` when the gateway
+    admin set it: request metadata and headers come from the user, key metadata does not.
+    None (no context) when nothing requested is allowed."""
+    meta = getattr(user_api_key_dict, "metadata", None)
+    if isinstance(user_api_key_dict, Mapping):
+        meta = user_api_key_dict.get("metadata")
+    allowed = _repo_list(meta.get("coderag_repos")) if isinstance(meta, Mapping) else []
+    if sel is None or not allowed:
+        return sel
+    repos = [r for r in sel["repos"] if r in allowed] if sel["repos"] else allowed
+    return {**sel, "repos": repos} if repos else None
+
+
 class CoderagContextHook(CustomLogger):
     """Prepends coderag context to chat requests; never fails the request because of it."""
 
@@ -157,13 +181,21 @@ class CoderagContextHook(CustomLogger):
         self._clients: dict[int, httpx.AsyncClient] = {}
 
     def _client(self) -> httpx.AsyncClient:
-        """One client per event loop: an httpx client is bound to the loop that made it."""
+        """One client per event loop: an httpx client is bound to the loop that made it.
+
+        No keep-alive: a pooled connection would outlive a loop that is closed without
+        closing the client (the hook cannot know), and one TCP connect per chat request
+        costs nothing next to the model's answer.
+        """
         loop = asyncio.get_running_loop()
         client = self._clients.get(id(loop))
         if client is None or client.is_closed:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             client = httpx.AsyncClient(
-                base_url=self.api_url, headers=headers, timeout=self.timeout, trust_env=False
+                base_url=self.api_url,
+                headers=headers,
+                timeout=self.timeout,
+                limits=httpx.Limits(max_keepalive_connections=0),
             )
             self._clients = {id(loop): client}  # older loops are gone with their clients
         return client
@@ -198,7 +230,7 @@ class CoderagContextHook(CustomLogger):
         if call_type not in CHAT_CALL_TYPES or not isinstance(data, dict):
             return data
         try:
-            sel = selection(data)
+            sel = restrict_to_key(selection(data), user_api_key_dict)
             messages = data.get("messages")
             query = last_user_text(messages)
             if sel is None or not query.strip():

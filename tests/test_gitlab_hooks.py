@@ -264,6 +264,12 @@ def test_repo_routes(settings: Settings, registry: RepoRegistry, gitlab: FakeGit
         assert re.status_code == 202 and re.json()["task_id"] == "task-2"
         assert c.post("/v1/repos/banking/nope/reindex", headers=as_admin).status_code == 404
 
+        for local in ("/srv/git/other/secret.git", "file:///srv/git/other/secret.git"):
+            refused = c.post(
+                "/v1/repos", json={"url": local, "id": "other/secret"}, headers=as_admin
+            )
+            assert refused.status_code == 400 and "local path" in refused.json()["detail"]
+
         gone = c.delete(f"/v1/repos/{REPO}", headers=as_admin)
         assert gone.status_code == 202 and gone.json()["repo"] == REPO
         assert c.get("/v1/repos", headers=as_admin).json()["repos"] == []

@@ -121,3 +121,15 @@ def test_selection_precedence():
     assert sel({"proxy_server_request": headers}) == {"repos": ["a/1", "a/2"], "branch": "rel"}
     assert sel({}) == {"repos": [], "branch": None}
     assert sel({"metadata": {"coderag": {"enabled": False}}}) is None
+
+
+def test_key_metadata_bounds_what_a_request_may_select():
+    from types import SimpleNamespace
+
+    key = SimpleNamespace(metadata={"coderag_repos": ["a/x", "a/y"]})
+    sel = {"repos": ["a/y", "b/z"], "branch": None}
+    assert hook_mod.restrict_to_key(sel, key) == {"repos": ["a/y"], "branch": None}
+    assert hook_mod.restrict_to_key({"repos": [], "branch": "m"}, key)["repos"] == ["a/x", "a/y"]
+    assert hook_mod.restrict_to_key({"repos": ["b/z"], "branch": None}, key) is None
+    assert hook_mod.restrict_to_key(sel, None) == sel
+    assert hook_mod.restrict_to_key(sel, {"metadata": {}}) == sel

@@ -23,12 +23,11 @@ from coderag.settings import Settings
 from indexer.coordination import RedisCoordinator
 from indexer.dispatch import EmbeddedDispatcher
 from indexer.mirrors import mirror_for_url
-from indexer.scheduler import BranchBusy, JobContext, index_commit, run_branch
+from indexer.scheduler import BranchBusy, JobContext, run_branch
 from tests.ingest_support import NULL_SHA, Remote, snapshot
 
 pytestmark = pytest.mark.integration
 
-REPO = "grp/demo"
 RATES_PY = '''def convert_currency(amount, rate):
     """Convert an amount of money from one currency to another at the given rate."""
     return amount * rate
@@ -47,11 +46,18 @@ def _runtime(tmp_path: Path, embedder: Any, name: str = "data", **kw: Any) -> Ru
     return rt
 
 
-@pytest.fixture
-def rt(tmp_path: Path, embedder: Any) -> Iterator[Runtime]:
-    runtime = _runtime(tmp_path, embedder)
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[Runtime]:
+    """One runtime for the module (opening an Edge shard costs ~1 s); each test has its own
+    repository id, so tests never see each other's points."""
+    runtime = _runtime(tmp_path_factory.mktemp("tasks"), embedder)
     yield runtime
     runtime.close()
+
+
+@pytest.fixture
+def repo(request: pytest.FixtureRequest) -> str:
+    return "grp/" + request.node.name.removeprefix("test_")[:60]
 
 
 @pytest.fixture
@@ -63,11 +69,11 @@ def remote(tmp_path: Path) -> Remote:
 
 
 @pytest.fixture
-def registry(rt: Runtime, remote: Remote) -> RepoRegistry:
+def registry(rt: Runtime, remote: Remote, repo: str) -> RepoRegistry:
     reg = RepoRegistry(rt.index)
     reg.put(
         RepoRecord(
-            id=REPO,
+            id=repo,
             url=str(remote.bare),
             branches=["main", "release/*"],
             secret_hash=hash_secret("x" * 32),
@@ -76,40 +82,42 @@ def registry(rt: Runtime, remote: Remote) -> RepoRegistry:
     return reg
 
 
-def _runs(registry: RepoRegistry, branch: str) -> int:
-    return int((registry.branch_runs(REPO).get(f"run/{REPO}/{branch}") or {}).get("runs", 0))
+def _runs(registry: RepoRegistry, repo: str, branch: str) -> int:
+    return int((registry.branch_runs(repo).get(f"run/{repo}/{branch}") or {}).get("runs", 0))
 
 
-def test_push_index_search_and_branch_delete(rt: Runtime, remote: Remote, registry: RepoRegistry):
+def test_push_index_search_and_branch_delete(
+    rt: Runtime, remote: Remote, registry: RepoRegistry, repo: str
+):
     d = EmbeddedDispatcher(rt, registry=registry, debounce=0.05)
     try:
         head = remote.push("main")
-        tid = d.submit_push(REPO, "main", head, time.time())
+        tid = d.submit_push(repo, "main", head, time.time())
         assert d.wait_idle(60)
         assert d.task_status(tid)["state"] == "SUCCESS"
-        hit = rt.retriever.search("convert money between currencies", repos=[REPO], k=1)[0]
+        hit = rt.retriever.search("convert money between currencies", repos=[repo], k=1)[0]
         assert hit.symbol == "convert_currency"
 
         remote.checkout("release/1", create=True)
         sha = remote.commit({"src/rounding.py": ROUND_PY}, "rounding")
         remote.push("release/1")
-        d.submit_push(REPO, "release/1", sha, time.time())
+        d.submit_push(repo, "release/1", sha, time.time())
         assert d.wait_idle(60)
-        assert rt.index.count(SearchFilter(repos=[REPO], branch="release/1")) == 2
-        run = registry.require(REPO).last_run
+        assert rt.index.count(SearchFilter(repos=[repo], branch="release/1")) == 2
+        run = registry.require(repo).last_run
         assert run is not None and run["branch"] == "release/1" and run["lag_seconds"] >= 0
 
-        d.submit_delete_branch(REPO, "release/1", time.time())
+        d.submit_delete_branch(repo, "release/1", time.time())
         assert d.wait_idle(60)
-        assert rt.index.count(SearchFilter(repos=[REPO], branch="release/1")) == 0
-        assert rt.index.count(SearchFilter(repos=[REPO])) == 1  # main's chunk stays
-        assert rt.indexer.indexed_commit(REPO, "release/1") is None
+        assert rt.index.count(SearchFilter(repos=[repo], branch="release/1")) == 0
+        assert rt.index.count(SearchFilter(repos=[repo])) == 1  # main's chunk stays
+        assert rt.indexer.indexed_commit(repo, "release/1") is None
     finally:
         d.close()
 
 
 def test_twenty_pushes_fold_and_equal_a_fresh_index(
-    rt: Runtime, remote: Remote, registry: RepoRegistry, tmp_path: Path, embedder: Any
+    rt: Runtime, remote: Remote, registry: RepoRegistry, repo: str, tmp_path: Path, embedder: Any
 ):
     d = EmbeddedDispatcher(rt, registry=registry, debounce=0.3)
     try:
@@ -121,22 +129,24 @@ def test_twenty_pushes_fold_and_equal_a_fresh_index(
         ids = set()
         for sha in shas:
             remote.set_ref("main", sha)
-            ids.add(d.submit_push(REPO, "main", sha, time.time()))
+            ids.add(d.submit_push(repo, "main", sha, time.time()))
         assert len(ids) == 1  # one scheduled run took every push
         assert d.wait_idle(60)
-        assert _runs(registry, "main") <= 2
-        assert rt.indexer.indexed_commit(REPO, "main") == shas[-1]
+        assert _runs(registry, repo, "main") <= 2
+        assert rt.indexer.indexed_commit(repo, "main") == shas[-1]
         fresh = _runtime(tmp_path, embedder, "fresh")
         try:
-            index_commit(fresh.indexer, remote.work, REPO, "main", shas[-1])
-            assert snapshot(rt.index, REPO) == snapshot(fresh.index, REPO)
+            fresh.indexer.index(remote.work, repo, "main", shas[-1])
+            assert snapshot(rt.index, repo) == snapshot(fresh.index, repo)
         finally:
             fresh.close()
     finally:
         d.close()
 
 
-def test_transient_fetch_errors_are_retried(rt: Runtime, remote: Remote, registry: RepoRegistry):
+def test_transient_fetch_errors_are_retried(
+    rt: Runtime, remote: Remote, registry: RepoRegistry, repo: str
+):
     calls = {"n": 0}
 
     def flaky_fetch(rec: RepoRecord) -> Path:
@@ -148,33 +158,33 @@ def test_transient_fetch_errors_are_retried(rt: Runtime, remote: Remote, registr
     d = EmbeddedDispatcher(rt, registry=registry, debounce=0.0, fetch=flaky_fetch)
     try:
         head = remote.push("main")
-        tid = d.submit_push(REPO, "main", head, time.time())
+        tid = d.submit_push(repo, "main", head, time.time())
         assert d.wait_idle(60)
         assert calls["n"] == 2 and d.task_status(tid)["state"] == "SUCCESS"
-        assert rt.indexer.indexed_commit(REPO, "main") == head
+        assert rt.indexer.indexed_commit(repo, "main") == head
     finally:
         d.close()
 
 
 def test_a_vanished_commit_is_recorded_and_the_next_push_still_runs(
-    rt: Runtime, remote: Remote, registry: RepoRegistry
+    rt: Runtime, remote: Remote, registry: RepoRegistry, repo: str
 ):
     d = EmbeddedDispatcher(rt, registry=registry, debounce=0.0)
     try:
-        d.submit_push(REPO, "main", "f" * 40, time.time())  # force-pushed away meanwhile
+        d.submit_push(repo, "main", "f" * 40, time.time())  # force-pushed away meanwhile
         assert d.wait_idle(60)
-        rec = registry.require(REPO)
+        rec = registry.require(repo)
         assert rec.last_error and "not_found" in rec.last_error
         head = remote.push("main")
-        d.submit_push(REPO, "main", head, time.time())
+        d.submit_push(repo, "main", head, time.time())
         assert d.wait_idle(60)
-        assert registry.require(REPO).last_error is None
-        assert rt.indexer.indexed_commit(REPO, "main") == head
+        assert registry.require(repo).last_error is None
+        assert rt.indexer.indexed_commit(repo, "main") == head
     finally:
         d.close()
 
 
-def test_reindex_and_remove(rt: Runtime, remote: Remote, registry: RepoRegistry):
+def test_reindex_and_remove(rt: Runtime, remote: Remote, registry: RepoRegistry, repo: str):
     d = EmbeddedDispatcher(rt, registry=registry, debounce=0.0)
     try:
         remote.checkout("release/2", create=True)
@@ -182,25 +192,27 @@ def test_reindex_and_remove(rt: Runtime, remote: Remote, registry: RepoRegistry)
         remote.push("release/2")
         remote.checkout("feature/x", create=True)
         remote.push("feature/x")  # matches no pattern: not indexed
-        d.submit_reindex(REPO)
+        d.submit_reindex(repo)
         assert d.wait_idle(60)
-        states = rt.index.list_state(f"branch/{REPO}/")
+        states = rt.index.list_state(f"branch/{repo}/")
         assert sorted(s["branch"] for s in states.values()) == ["main", "release/2"]
-        assert {r["mode"] for r in registry.branch_runs(REPO).values()} == {"full"}
+        assert {r["mode"] for r in registry.branch_runs(repo).values()} == {"full"}
 
-        d.submit_remove(REPO)
+        d.submit_remove(repo)
         assert d.wait_idle(60)
-        assert rt.index.count(SearchFilter(repos=[REPO])) == 0
-        assert registry.get(REPO) is None and rt.index.list_state(f"branch/{REPO}/") == {}
+        assert rt.index.count(SearchFilter(repos=[repo])) == 0
+        assert registry.get(repo) is None and rt.index.list_state(f"branch/{repo}/") == {}
         # a push for a removed repo is dropped, not indexed
-        d.submit_push(REPO, "main", remote.push("main"), time.time())
+        d.submit_push(repo, "main", remote.push("main"), time.time())
         assert d.wait_idle(60)
-        assert rt.index.count(SearchFilter(repos=[REPO])) == 0
+        assert rt.index.count(SearchFilter(repos=[repo])) == 0
     finally:
         d.close()
 
 
-def test_one_run_per_branch_across_workers(rt: Runtime, remote: Remote, registry: RepoRegistry):
+def test_one_run_per_branch_across_workers(
+    rt: Runtime, remote: Remote, registry: RepoRegistry, repo: str
+):
     """Two workers (threads here, sharing a Redis coordinator) get the same branch: one runs,
     the other is told the branch is busy (its task re-enqueues itself)."""
     import redis
@@ -221,15 +233,15 @@ def test_one_run_per_branch_across_workers(rt: Runtime, remote: Remote, registry
         scheduler=None,  # type: ignore[arg-type]
         fetch=slow_fetch,
     )
-    ctx.coordinator.record(REPO, "main", remote.push("main"), time.time())
+    ctx.coordinator.record(repo, "main", remote.push("main"), time.time())
     out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.update(first=run_branch(ctx, REPO, "main")))
+    t = threading.Thread(target=lambda: out.update(first=run_branch(ctx, repo, "main")))
     t.start()
     try:
         assert entered.wait(10)
         with pytest.raises(BranchBusy):
-            run_branch(ctx, REPO, "main")
-        run_branch(ctx, REPO, "other-branch")  # other branches are not blocked
+            run_branch(ctx, repo, "main")
+        run_branch(ctx, repo, "other-branch")  # other branches are not blocked
     finally:
         release.set()
         t.join(30)
@@ -239,13 +251,13 @@ def test_one_run_per_branch_across_workers(rt: Runtime, remote: Remote, registry
 
 
 def test_deleting_a_never_indexed_branch_is_harmless(
-    rt: Runtime, remote: Remote, registry: RepoRegistry
+    rt: Runtime, remote: Remote, registry: RepoRegistry, repo: str
 ):
     d = EmbeddedDispatcher(rt, registry=registry, debounce=0.0)
     try:
-        d.submit_push(REPO, "release/9", NULL_SHA, time.time())
+        d.submit_push(repo, "release/9", NULL_SHA, time.time())
         assert d.wait_idle(30)
-        run = registry.branch_runs(REPO)[f"run/{REPO}/release/9"]
+        run = registry.branch_runs(repo)[f"run/{repo}/release/9"]
         assert run["action"] == "delete" and run["error"] is None
     finally:
         d.close()

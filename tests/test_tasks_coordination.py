@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from coderag.errors import TransientError
+from coderag.errors import GitError, TransientError
 from coderag.settings import Settings
 from indexer.celery_app import INDEX_BRANCH, QUEUE_INDEX, create_celery
 from indexer.coordination import MemoryCoordinator, RedisCoordinator
@@ -223,3 +224,72 @@ def test_celery_app_is_configured_for_safe_delivery(tmp_path: Path):
         "coderag.reindex_repo",
         "coderag.remove_repo",
     } <= names
+
+
+# --- the Celery task bodies (run eagerly here; by a worker process in the e2e test) ----------
+@pytest.fixture
+def task_ctx(tmp_path: Path, redis_db: Any) -> Iterator[Any]:
+    """A job context with a real registry and Redis coordinator; no model is needed because
+    these tests stop before indexing (busy branch, failing fetch)."""
+    from coderag.index.edge import EdgeIndex
+    from coderag.repos import RepoRecord, RepoRegistry, hash_secret
+    from indexer.celery_app import install_context
+    from indexer.scheduler import JobContext
+
+    index = EdgeIndex(tmp_path / "index")
+    registry = RepoRegistry(index)
+    registry.put(
+        RepoRecord(id="g/p", url=str(tmp_path / "nowhere.git"), secret_hash=hash_secret("s" * 32))
+    )
+    settings = Settings(data_dir=tmp_path, celery_broker_url=REDIS_URL, redis_url=REDIS_URL)
+    app = create_celery(settings)
+    calls: list[str] = []
+
+    def failing_fetch(rec: Any) -> Any:
+        calls.append(rec.id)
+        raise GitError("git fetch failed: Connection timed out")
+
+    ctx = JobContext(
+        runtime=SimpleNamespace(settings=settings, indexer=None, index=index),
+        registry=registry,  # type: ignore[arg-type]
+        coordinator=RedisCoordinator(redis_db),
+        scheduler=None,  # type: ignore[arg-type]
+        fetch=failing_fetch,
+    )
+    install_context(ctx)
+    try:
+        yield app, ctx, calls
+    finally:
+        install_context(None)
+        index.close()
+
+
+def test_a_busy_branch_re_enqueues_the_task(task_ctx: Any, redis_db: Any):
+    app, ctx, calls = task_ctx
+    ctx.coordinator.record("g/p", "main", SHA[0], time.time())
+    with ctx.coordinator.lock("g/p", "main") as held:  # another worker is running it
+        assert held
+        res = app.tasks[INDEX_BRANCH].apply(args=("g/p", "main"))
+    assert res.state == "SUCCESS" and res.result["busy"] is True
+    assert calls == []  # it did not touch the branch
+    assert redis_db.llen(QUEUE_INDEX) == 1  # a fresh message, to come back shortly
+    headers = json.loads(redis_db.lindex(QUEUE_INDEX, 0))["headers"]
+    assert headers["task"] == INDEX_BRANCH and headers["eta"] and headers["expires"]
+
+
+def test_transient_errors_are_retried_then_fail_and_keep_the_commit(task_ctx: Any):
+    from indexer.tasks import MAX_RETRIES
+
+    app, ctx, calls = task_ctx
+    ctx.coordinator.record("g/p", "main", SHA[0], time.time())
+    res = app.tasks[INDEX_BRANCH].apply(args=("g/p", "main"))  # eager: retries run inline
+    assert res.state == "FAILURE" and isinstance(res.result, GitError)
+    assert len(calls) == 1 + MAX_RETRIES
+    assert ctx.coordinator.pending("g/p", "main").sha == SHA[0]  # the next push retries it
+
+
+def test_backoff_is_exponential_and_capped():
+    from indexer.tasks import backoff
+
+    assert [round(backoff(n) / 2**n, 1) for n in range(5)] == pytest.approx([1.0] * 5, abs=0.21)
+    assert backoff(20) <= 72

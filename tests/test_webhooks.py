@@ -130,11 +130,24 @@ def assert_error(resp: Any, status: int, code: str) -> None:
 
 
 # --- accepted -------------------------------------------------------------------------------
+def _events(event: str, outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"event": event, "outcome": outcome}
+    return REGISTRY.get_sample_value("coderag_webhook_events_total", labels) or 0.0
+
+
 def test_push_is_accepted_and_enqueued_not_indexed(client: TestClient, disp: RecordingDispatcher):
     payload = fixture("push")
     t0 = time.time()
+    counted = _events("push", "accepted"), _events("push", "unauthorized")
     resp = post(client, payload, key="2c3b3c8e-1d5f-4a7e-9b51-5d8e7f0c1a22")
     assert resp.status_code == 202
+    post(client, payload, token="wrong")
+    assert (_events("push", "accepted"), _events("push", "unauthorized")) == (
+        counted[0] + 1,
+        counted[1] + 1,
+    )
     assert resp.json() == {
         "status": "accepted",
         "task_id": "task-1",
@@ -301,3 +314,82 @@ def test_dedupe_in_redis_is_shared_by_api_replicas(
         app.state.index.close()
     assert answers == ["accepted", "duplicate"]
     assert redis_db.ttl(f"coderag:idem:{REPO}:{key}") > 23 * 3600
+
+
+# --- public names ---------------------------------------------------------------------------
+PUBLIC = {
+    "coderag.repos": [
+        "REPO_STATE_PREFIX",
+        "RepoRecord",
+        "RepoRegistry",
+        "hash_secret",
+        "parse_repo_id",
+        "run_state_key",
+    ],
+    "indexer.celery_app": [
+        "DELETE_BRANCH",
+        "EXPIRES_S",
+        "INDEX_BRANCH",
+        "QUEUES",
+        "QUEUE_EMBED",
+        "QUEUE_GIT",
+        "QUEUE_INDEX",
+        "REINDEX_REPO",
+        "REMOVE_REPO",
+        "StatusBackend",
+        "create_celery",
+        "install_context",
+        "worker_context",
+    ],
+    "indexer.coordination": ["Coordinator", "MemoryCoordinator", "Pending", "RedisCoordinator"],
+    "indexer.dispatch": [
+        "CeleryDispatcher",
+        "Dispatcher",
+        "EmbeddedDispatcher",
+        "dispatcher_from_settings",
+    ],
+    "indexer.scheduler": [
+        "RETRYABLE",
+        "BranchBusy",
+        "JobContext",
+        "Scheduler",
+        "reindex_repo",
+        "remove_repo",
+        "run_branch",
+        "tag_label",
+    ],
+    "indexer.tasks": ["BUSY_COUNTDOWN_S", "MAX_RETRIES", "backoff", "register_tasks"],
+    "indexer.cli": ["register", "repo_app"],
+    "webhooks.routes": ["WEBHOOK_PATH", "Decision", "decide", "router"],
+    "webhooks.repo_routes": ["RegisterRepo", "repo_router"],
+    "webhooks.events": [
+        "EVENT_MERGE_REQUEST",
+        "EVENT_PUSH",
+        "EVENT_SYSTEM",
+        "EVENT_TAG_PUSH",
+        "MergeRequestAttributes",
+        "MergeRequestEvent",
+        "Project",
+        "PushEvent",
+        "TagPushEvent",
+        "is_null_sha",
+    ],
+    "webhooks.dedupe": ["DEDUPE_TTL_S", "Deduper", "MemoryDeduper", "RedisDeduper", "deduper_for"],
+    "webhooks.gitlab_hooks": [
+        "Registration",
+        "hook_url",
+        "register_repo",
+        "remove_repo",
+        "split_project_url",
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_names_are_pinned(module: str):
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(PUBLIC[module])
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None

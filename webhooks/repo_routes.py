@@ -3,12 +3,14 @@
 ``POST /v1/repos``                      register a GitLab project (hook + first full index)
 ``GET /v1/repos``                       the registered repositories the token may read
 ``DELETE /v1/repos/{id}``               delete the hook and every point of the repository
-``POST /v1/repos/{id}/reindex``         re-index every selected branch from scratch
+``POST /v1/repos/{id}/reindex``         re-scan every selected branch (whole tree, not a diff)
 
 The app mounts this router behind :func:`coderag.auth.require_principal`; changing what is
 indexed (POST, DELETE, reindex) needs an unrestricted token (``["*"]``), because a hook and a
 full index are costs the whole installation pays. With auth disabled (no tokens, the
-embedded single-user default) every caller may.
+embedded single-user default) every caller may, and only then may a local path or
+``file://`` URL be registered: on a shared server that would let an API caller index (and
+so read) any git repository on the server's disk.
 
 Handlers are plain ``def``: GitLab's API and the index are blocking calls, run by FastAPI's
 thread pool.
@@ -23,7 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from coderag.auth import ANONYMOUS, Principal
-from coderag.errors import ConfigError, ForbiddenError
+from coderag.errors import ConfigError, ForbiddenError, InputError
 from coderag.repos import RepoRegistry, parse_repo_id
 from webhooks.gitlab_hooks import register_repo, remove_repo
 
@@ -69,6 +71,12 @@ def _require_admin(request: Request) -> None:
         raise ForbiddenError(f"token {p.token_id} may not administer repositories (needs '*')")
 
 
+def _is_local(url: str) -> bool:
+    """Not a network URL: a path on the server's disk (or ``file://``)."""
+    u = url.strip()
+    return ("://" not in u and not u.startswith("git@")) or u.startswith("file://")
+
+
 def _parts(request: Request) -> tuple[Any, RepoRegistry, Any]:
     st = request.app.state
     if st.registry is None or st.dispatcher is None:
@@ -82,6 +90,11 @@ def create_repo(body: RegisterRepo, request: Request) -> JSONResponse:
     first full index. The secret is in this answer only: it is stored hashed."""
     _require_admin(request)
     settings, registry, dispatcher = _parts(request)
+    if _principal(request) is not ANONYMOUS and _is_local(body.url):  # a shared server
+        raise InputError(
+            "a local path or file:// URL makes the server read its own disk: register it "
+            "with `coderag repo add` on the server, or through GitLab"
+        )
     reg = register_repo(settings, registry, dispatcher, body.url, body.branches, repo_id=body.id)
     return JSONResponse(reg.as_dict(), status_code=201)
 
@@ -97,7 +110,7 @@ def list_repos(request: Request) -> dict[str, Any]:
 def reindex_repo(
     repo_id: RepoId,
     request: Request,
-    full: Annotated[bool, Query(description="Rewrite every chunk (else: catch up)")] = True,
+    full: Annotated[bool, Query(description="Scan whole trees (else: catch up to heads)")] = True,
 ) -> JSONResponse:
     _require_admin(request)
     _, registry, dispatcher = _parts(request)

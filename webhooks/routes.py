@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from coderag.errors import CoderagError, TransientError
+from coderag.metrics import WEBHOOK_EVENTS
 from coderag.repos import RepoRecord, RepoRegistry
 from coderag.settings import Settings
 from indexer.scheduler import tag_label
@@ -45,6 +46,7 @@ from webhooks.dedupe import Deduper, deduper_for
 from webhooks.events import (
     EVENT_MERGE_REQUEST,
     EVENT_PUSH,
+    EVENT_SYSTEM,
     EVENT_TAG_PUSH,
     MergeRequestEvent,
     PushEvent,
@@ -142,6 +144,12 @@ def decide(event: BaseModel, rec: RepoRecord, settings: Settings) -> Decision:
     return Decision(reason="event is not indexed")  # pragma: no cover - _MODELS is closed
 
 
+_EVENT_LABELS = {
+    EVENT_PUSH: "push",
+    EVENT_TAG_PUSH: "tag_push",
+    EVENT_MERGE_REQUEST: "merge_request",
+    EVENT_SYSTEM: "system",
+}
 _deduper_lock = threading.Lock()
 
 
@@ -163,6 +171,24 @@ def _deduper(request: Request) -> Deduper:
     summary="GitLab project webhook (Push, Tag Push, Merge Request events)",
 )
 async def gitlab_webhook(request: Request) -> JSONResponse:
+    resp = await _handle(request)
+    _count(request.headers.get("x-gitlab-event"), resp)
+    return resp
+
+
+def _count(event_name: str | None, resp: JSONResponse) -> None:
+    """``coderag_webhook_events_total{event, outcome}``: outcome is the answer's status
+    (accepted, ignored, duplicate) or its error code; both label sets stay small."""
+    try:
+        body = json.loads(bytes(resp.body))
+        outcome = str(body.get("status") or body.get("error_code") or resp.status_code)
+    except ValueError:
+        outcome = str(resp.status_code)
+    event = _EVENT_LABELS.get((event_name or "").strip(), "other")
+    WEBHOOK_EVENTS.labels(event=event, outcome=outcome).inc()
+
+
+async def _handle(request: Request) -> JSONResponse:
     received_at = time.time()
     settings: Settings = request.app.state.settings
     try:
