@@ -274,6 +274,13 @@ _mount_optional()
 
 
 def main() -> None:
+    from coderag.logging import configure_logging
+
+    try:
+        level = os.environ.get("CODERAG_LOG_LEVEL", "WARNING")
+        configure_logging(level, json_lines=os.environ.get("CODERAG_LOG_JSON", "1") != "0")
+    except ValueError:
+        configure_logging("WARNING")
     try:
         app()
     except CoderagError as exc:

@@ -26,6 +26,7 @@ from typing import Any
 from chunkers import FileChunker, PathFilter
 from coderag.errors import InputError
 from coderag.index import IndexPoint, SearchFilter, VectorIndex, ancestor_dirs
+from coderag.metrics import CHUNKS_EMBEDDED
 from coderag.models import Chunk, SkippedFile
 from embeddings import Embedder, sparse_document
 from indexer.git import GitRepo
@@ -368,7 +369,9 @@ class IndexService:
                 progress("embed", done0 + n, done0 + len(to_embed))
 
         vectors = self.embedder.embed_documents([c.embed_text for c in to_embed], on_embed)
-        report.chunks_embedded += self.embedder.stats.embedded - before
+        embedded = self.embedder.stats.embedded - before
+        report.chunks_embedded += embedded
+        CHUNKS_EMBEDDED.inc(embedded)
         report.stage_seconds["embed"] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
