@@ -51,11 +51,8 @@ def build_runtime(settings: Settings, *, index: VectorIndex | None = None) -> Ru
     """Wire the parts. Cheap: the model loads in :meth:`Runtime.warm_up` or on first use."""
     embedder = Embedder.from_settings(settings)
 
-    def count_tokens(text: str) -> int:
-        return embedder.count_tokens([text])[0]
-
     chunker = FileChunker(
-        count_tokens=count_tokens,
+        count_tokens=_token_counter(embedder),
         max_tokens=min(settings.chunk_max_tokens, embedder_max_tokens(embedder)),
         min_tokens=settings.chunk_min_tokens,
         max_file_bytes=settings.max_file_bytes,
@@ -69,6 +66,19 @@ def build_runtime(settings: Settings, *, index: VectorIndex | None = None) -> Ru
         max_per_file=settings.max_per_file,
     )
     return Runtime(settings, idx, embedder, chunker, indexer, retriever)
+
+
+def _token_counter(embedder: Embedder):  # type: ignore[no-untyped-def]
+    """The exact counter of the model's own tokenizer. ``tokenizer_counter`` counts each file
+    once (line by line for WordPiece models) instead of calling the tokenizer per candidate
+    chunk, which made chunking ~4x slower; any other tokenizer gets the plain callable."""
+    from chunkers.tokens import tokenizer_counter
+
+    try:
+        backend = embedder.tokenizer.backend_tokenizer
+    except Exception:  # no fast tokenizer: count through the embedder
+        return lambda text: embedder.count_tokens([text])[0]
+    return tokenizer_counter(backend)
 
 
 def embedder_max_tokens(embedder: Embedder) -> int:

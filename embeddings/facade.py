@@ -222,6 +222,12 @@ class Embedder:
         return self._tokenizer
 
     @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer (loaded on first use, without the model), for
+        callers that budget text in the model's own tokens (the chunker)."""
+        return self._tok()
+
+    @property
     def max_seq_length(self) -> int:
         """Tokens the model reads per text (special tokens included); the rest is truncated.
         Known without loading the model (sentence-transformers config, else tokenizer)."""
