@@ -172,16 +172,16 @@ def _run_once(ctx: JobContext, rec: RepoRecord, branch: str, p: Pending) -> dict
 
 
 def _observe(outcome: dict[str, Any], seconds: float) -> None:
-    """``coderag_task_duration_seconds{task, stage}``: the run and each of its stages;
-    ``coderag_chunks_embedded_total``: the chunks it ran through the model."""
-    from coderag.metrics import CHUNKS_EMBEDDED, TASK_DURATION
+    """``coderag_task_duration_seconds{task, stage}``: the run and each of its stages.
+    (``coderag_chunks_embedded_total`` is counted by the indexing service itself, so CLI runs
+    count too.)"""
+    from coderag.metrics import TASK_DURATION
 
     task = "delete_branch" if outcome["action"] == "delete" else "index_branch"
     TASK_DURATION.labels(task=task, stage="total").observe(seconds)
     report = outcome.get("report") or {}
     for stage, sec in (report.get("stage_seconds") or {}).items():
         TASK_DURATION.labels(task=task, stage=str(stage)).observe(float(sec))
-    CHUNKS_EMBEDDED.inc(int(report.get("chunks_embedded") or 0))
 
 
 def _failed(p: Pending, exc: CoderagError) -> dict[str, Any]:

@@ -115,7 +115,12 @@ def rt(tmp_path: Path, embedder: Any):  # type: ignore[no-untyped-def]
 
 
 def test_full_index_and_search_by_description_identifier_and_path(rt: Runtime, demo_repo: Path):
+    from prometheus_client import REGISTRY
+
+    embedded_before = REGISTRY.get_sample_value("coderag_chunks_embedded_total") or 0.0
     report = rt.indexer.index(demo_repo, "grp/demo", "main")
+    embedded_after = REGISTRY.get_sample_value("coderag_chunks_embedded_total") or 0.0
+    assert embedded_after - embedded_before == report.chunks_embedded
     assert report.mode == "full"
     assert report.files_indexed == 3  # two .py and README.md
     reasons = report.skipped_by_reason()
