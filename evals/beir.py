@@ -29,7 +29,7 @@ from evals.report import QueryResult, Skipped, build_report
 if TYPE_CHECKING:
     from coderag.runtime import Runtime
 
-__all__ = ["BeirDataset", "load_beir", "materialise", "run_beir"]
+__all__ = ["BeirDataset", "load_beir", "materialise", "run_beir", "write_slice"]
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}$")
 
@@ -174,3 +174,24 @@ def run_beir(
         index_seconds=index_seconds,
         per_query=per_query,
     )
+
+
+def write_slice(full: BeirDataset, queries: list[tuple[str, str]], n_docs: int, dest: Path) -> Path:
+    """Write a smaller BEIR directory: ``queries``, their gold documents and the first
+    ``n_docs`` documents of the pool. Fixed slices keep CI checks short and comparable."""
+    keep = list(full.corpus)[:n_docs]
+    for qid, _ in queries:
+        keep += sorted(full.qrels.get(qid, set()) - set(keep))
+    dest.mkdir(parents=True, exist_ok=True)
+    with (dest / "corpus.jsonl").open("w", encoding="utf-8") as fh:
+        for doc_id in keep:
+            fh.write(json.dumps({"_id": doc_id, "text": full.corpus[doc_id]}) + "\n")
+    with (dest / "queries.jsonl").open("w", encoding="utf-8") as fh:
+        for qid, text in queries:
+            fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    with (dest / "qrels.tsv").open("w", encoding="utf-8") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for qid, _ in queries:
+            for doc_id in sorted(full.qrels.get(qid, set())):
+                fh.write(f"{qid}\t{doc_id}\t1\n")
+    return dest

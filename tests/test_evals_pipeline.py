@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from coderag.runtime import Runtime, build_runtime
-from evals.beir import load_beir, run_beir
+from evals.beir import load_beir, run_beir, write_slice
 from evals.harness import eval_settings
 from evals.history import build_history, run_history
 from evals.metrics import METRIC_NAMES
@@ -48,24 +48,8 @@ def cosqa_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not COSQA.exists():
         pytest.skip("../shared/benchmarks/cosqa-dev is absent")
     full = load_beir(COSQA)
-    queries = full.queries[:SLICE_QUERIES]
-    keep = list(full.corpus)[:SLICE_DOCS]
-    for qid, _ in queries:
-        keep += sorted(full.qrels[qid] - set(keep))
-    d = tmp_path_factory.mktemp("beir") / "cosqa-slice"
-    d.mkdir()
-    with (d / "corpus.jsonl").open("w") as fh:
-        for doc_id in keep:
-            fh.write(json.dumps({"_id": doc_id, "text": full.corpus[doc_id]}) + "\n")
-    with (d / "queries.jsonl").open("w") as fh:
-        for qid, text in queries:
-            fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    with (d / "qrels.tsv").open("w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        for qid, _ in queries:
-            for doc_id in sorted(full.qrels[qid]):
-                fh.write(f"{qid}\t{doc_id}\t1\n")
-    return d
+    dest = tmp_path_factory.mktemp("beir") / "cosqa-slice"
+    return write_slice(full, full.queries[:SLICE_QUERIES], SLICE_DOCS, dest)
 
 
 def test_beir_slice_scores_well_above_chance(rt: Runtime, cosqa_slice: Path) -> None:

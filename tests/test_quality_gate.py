@@ -8,7 +8,6 @@ the figures are comparable run to run; the whole-pool figures come from ``codera
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from coderag.runtime import Runtime, build_runtime
 from coderag.settings import Settings
-from evals.beir import load_beir, run_beir
+from evals.beir import load_beir, run_beir, write_slice
 from tests.conftest import SHARED
 
 pytestmark = pytest.mark.integration
@@ -35,23 +34,7 @@ def cosqa_gate_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("../shared/benchmarks/cosqa-dev is absent")
     full = load_beir(COSQA)
     queries = [(q, t) for q, t in full.queries if full.qrels.get(q)][:N_QUERIES]
-    keep = list(full.corpus)[:N_DOCS]
-    for qid, _ in queries:
-        keep += sorted(full.qrels[qid] - set(keep))
-    d = tmp_path_factory.mktemp("gate") / "cosqa-gate"
-    d.mkdir()
-    with (d / "corpus.jsonl").open("w") as fh:
-        for doc_id in keep:
-            fh.write(json.dumps({"_id": doc_id, "text": full.corpus[doc_id]}) + "\n")
-    with (d / "queries.jsonl").open("w") as fh:
-        for qid, text in queries:
-            fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    with (d / "qrels.tsv").open("w") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        for qid, _ in queries:
-            for doc_id in sorted(full.qrels[qid]):
-                fh.write(f"{qid}\t{doc_id}\t1\n")
-    return d
+    return write_slice(full, queries, N_DOCS, tmp_path_factory.mktemp("gate") / "cosqa-gate")
 
 
 @pytest.fixture(scope="module")
