@@ -445,6 +445,21 @@ def _block_out(b: ContextBlock, workspace: str | None) -> ContextBlockOut:
     )
 
 
+def _search_request(request: Request, audit: _Audit, body: SearchRequest) -> list[Hit]:
+    """``_search`` with the query and filters of a /v1/search or /v1/context body."""
+    return _search(
+        request,
+        audit,
+        body.query,
+        repos=body.repos,
+        branch=body.branch,
+        path_globs=body.path_globs,
+        languages=body.languages,
+        k=body.k,
+        mode=body.mode,
+    )
+
+
 # --- routes ---------------------------------------------------------------------------------
 
 router = APIRouter(prefix="/v1", tags=["retrieval"], responses=ERROR_RESPONSES)
@@ -456,17 +471,7 @@ PrincipalDep = Annotated[Principal, Depends(require_principal)]
 def search(body: SearchRequest, request: Request, principal: PrincipalDep) -> SearchResponse:
     """Ranked chunks for a query, within the token's repos and the given filters."""
     with _Audit("search", principal, body.query) as audit:
-        hits = _search(
-            request,
-            audit,
-            body.query,
-            repos=body.repos,
-            branch=body.branch,
-            path_globs=body.path_globs,
-            languages=body.languages,
-            k=body.k,
-            mode=body.mode,
-        )
+        hits = _search_request(request, audit, body)
         results = [
             SearchResult(
                 repo=h.repo,
@@ -491,17 +496,7 @@ def search(body: SearchRequest, request: Request, principal: PrincipalDep) -> Se
 def context(body: ContextRequest, request: Request, principal: PrincipalDep) -> ContextResponse:
     """Search, merge adjacent chunks of a file, and keep the best regions within a budget."""
     with _Audit("context", principal, body.query) as audit:
-        hits = _search(
-            request,
-            audit,
-            body.query,
-            repos=body.repos,
-            branch=body.branch,
-            path_globs=body.path_globs,
-            languages=body.languages,
-            k=body.k,
-            mode=body.mode,
-        )
+        hits = _search_request(request, audit, body)
         blocks = assemble(hits, _budget(request, body.token_budget), approx_tokens)
         out = [_block_out(b, body.workspace_path) for b in blocks]
     took = (time.perf_counter() - audit.t0) * 1000
