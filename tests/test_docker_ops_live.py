@@ -29,6 +29,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coderag.cli import app as cli
+from tests.api_support import ALPHA_PAYMENTS
 from tests.conftest import git
 
 pytestmark = pytest.mark.integration
@@ -38,23 +39,6 @@ REPO_ID = "ops/payments"
 QUERY = "settle a payment on the ledger"
 FAST = ["--retries", "2", "--interval", "0.2", "--timeout", "3"]
 
-PAYMENTS = '''"""Payments."""
-
-
-def settle_payment(payment, ledger):
-    """Settle one payment: book it on the ledger and mark it as settled."""
-    ledger.book(payment.amount, payment.account)
-    payment.settled = True
-    return payment
-
-
-def refund_payment(payment, reason):
-    """Refund a settled payment, keeping the reason for the audit trail."""
-    if not payment.settled:
-        raise ValueError("only settled payments can be refunded")
-    payment.refunded = reason
-    return payment
-'''
 
 LEDGER = '''class Ledger:
     """Double-entry ledger of the payments service."""
@@ -96,7 +80,7 @@ def make_repo(root: Path) -> Path:
     repo = root / "payments"
     (repo / "src").mkdir(parents=True)
     git(repo, "init", "-q", "-b", "main")
-    (repo / "src" / "payments.py").write_text(PAYMENTS, encoding="utf-8")
+    (repo / "src" / "payments.py").write_text(ALPHA_PAYMENTS, encoding="utf-8")
     (repo / "src" / "ledger.py").write_text(LEDGER, encoding="utf-8")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "payments")
