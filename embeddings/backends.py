@@ -346,6 +346,10 @@ def _load_st(path: Path, device: str, backend: str = "torch", **kwargs: Any) -> 
     _offline()
     from sentence_transformers import SentenceTransformer
 
+    if backend == "openvino":  # its import resets optimum's log level: import before _quiet
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import optimum.intel.openvino  # noqa: F401
     with _quiet():
         return SentenceTransformer(
             str(path), device=device, backend=backend, local_files_only=True, **kwargs
@@ -356,10 +360,31 @@ def _load_st(path: Path, device: str, backend: str = "torch", **kwargs: Any) -> 
 def _quiet() -> Iterator[None]:
     """Exports trace the model and warn about it (TracerWarning, deprecations inside
     optimum/transformers); those warnings are about their code, and the result is checked
-    numerically right after, so they are silenced here rather than turned into errors."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    numerically right after, so they are silenced here rather than turned into errors. Their
+    load reports, progress bars and "could not infer..." log notes speak to library authors,
+    not to operators, and would bury coderag's own output, so they go quiet too."""
+    loggers = [
+        logging.getLogger(n) for n in ("transformers", "optimum", "nncf", "sentence_transformers")
+    ]
+    levels = [lg.level for lg in loggers]
+    try:
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        hf_logging, bars = None, False
+    for lg in loggers:  # load reports and "could not infer..." notes: not for operators
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if hf_logging is not None and bars:
+            hf_logging.enable_progress_bar()
 
 
 _EXPORT_LOCK = threading.Lock()

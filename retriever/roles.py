@@ -1,0 +1,61 @@
+"""What part a file plays in its repository: source, tests or docs.
+
+Ranking uses it as a prior (``FusionConfig.secondary_penalty``): a question about behaviour is
+answered by the code that implements it, while the tests and docs that exercise or describe
+that code repeat its names and vocabulary and would otherwise crowd it out. The prior is
+waived when the query itself asks for tests or docs ("where is the test for ...").
+
+Patterns follow the layouts of the common ecosystems (pytest, Jest, Go, JUnit, RSpec, Sphinx,
+MkDocs, notebooks); a file that matches none is source.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+__all__ = ["Role", "file_role", "query_roles"]
+
+Role = Literal["source", "test", "docs"]
+
+_TEST = re.compile(
+    r"(?i:(?:^|/)(?:tests?|testing|__tests__|spec|specs|test_?data|fixtures)/"
+    r"|(?:^|/)test_[^/]*$"
+    r"|_tests?\.[a-z0-9]+$"
+    r"|\.(?:spec|test)\.[a-z0-9]+$"
+    r"|_spec\.rb$"
+    r"|(?:^|/)conftest\.py$)"
+    # JUnit/xUnit naming is case-sensitive: FooTest.java, TestFoo.cs, but not Contest.java
+    r"|(?:^|/)[^/]*[a-z0-9]Tests?\.(?:java|kt|scala|cs|swift)$"
+    r"|(?:^|/)Tests?[A-Z][^/]*\.(?:java|kt|scala|cs|swift)$"
+)
+_DOCS = re.compile(
+    r"(?:^|/)(?:docs?|documentation|examples?|samples?|demos?|tutorials?)/"
+    r"|\.(?:md|mdx|rst|adoc|txt|ipynb)$",
+    re.I,
+)
+_ASKS_TESTS = re.compile(
+    r"\b(?:tests?|testing|tested|unit ?tests?|specs?|fixtures?|pytest)\b", re.I
+)
+_ASKS_DOCS = re.compile(
+    r"\b(?:docs?|documentation|documented|readme|examples?|tutorials?|notebooks?|guide)\b", re.I
+)
+
+
+def file_role(path: str) -> Role:
+    """``"test"`` or ``"docs"`` for files under the usual test/docs layouts, else ``"source"``."""
+    if _TEST.search(path):
+        return "test"
+    if _DOCS.search(path):
+        return "docs"
+    return "source"
+
+
+def query_roles(query: str) -> frozenset[Role]:
+    """The non-source roles a query asks for, whose files it must not penalise."""
+    roles: set[Role] = set()
+    if _ASKS_TESTS.search(query):
+        roles.add("test")
+    if _ASKS_DOCS.search(query):
+        roles.add("docs")
+    return frozenset(roles)
