@@ -342,6 +342,13 @@ class LoadedModel:
     """How it came to be: export dir, exported now or cached, probe cosine, fallback reason."""
 
 
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+"""OpenVINO computes in bf16 on CPUs that have it (AVX512-BF16, AMX) unless told otherwise.
+Vectors must not depend on which CPU a worker or API replica landed on (documents embedded on
+one, queries on another), and bf16 moved them by up to 5e-4 per dimension against torch, so
+inference precision is pinned to f32 everywhere."""
+
+
 def _load_st(path: Path, device: str, backend: str = "torch", **kwargs: Any) -> Any:
     _offline()
     from sentence_transformers import SentenceTransformer
@@ -350,6 +357,7 @@ def _load_st(path: Path, device: str, backend: str = "torch", **kwargs: Any) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import optimum.intel.openvino  # noqa: F401
+        kwargs.setdefault("model_kwargs", {"ov_config": OPENVINO_CONFIG})
     with _quiet():
         return SentenceTransformer(
             str(path), device=device, backend=backend, local_files_only=True, **kwargs

@@ -37,6 +37,7 @@ from embeddings.backends import (
     resolve_model,
 )
 from embeddings.cache import EmbeddingCache, text_key
+from embeddings.gate import InferenceGate
 
 if TYPE_CHECKING:
     from coderag.settings import Settings
@@ -100,7 +101,7 @@ class Embedder:
         self._query_lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._query_cache_size = query_cache_size
         self._load_lock = threading.RLock()
-        self._infer_lock = threading.Lock()  # backends' inference is not re-entrant
+        self._gate = InferenceGate()  # one inference at a time; queries take the next turn
         self._stats_lock = threading.Lock()
         self._tok_lock = threading.Lock()
 
@@ -331,7 +332,7 @@ class Embedder:
         def on_batch(batch: list[str], vecs: np.ndarray) -> None:
             new.update(zip(batch, vecs, strict=True))
 
-        embedded = self._encode_sorted(todo, todo, on_batch)
+        embedded = self._encode_sorted(todo, todo, on_batch, query=True)
         with self._stats_lock:
             for t, v in new.items():
                 self._query_lru[t] = v
@@ -351,8 +352,11 @@ class Embedder:
         texts: list[str],
         tags: list[Any],
         on_batch: Callable[[list[Any], np.ndarray], None],
+        *,
+        query: bool = False,
     ) -> int:
-        """Embed ``texts`` longest first in batches; ``on_batch(tags, vectors)`` per batch."""
+        """Embed ``texts`` longest first in batches; ``on_batch(tags, vectors)`` per batch.
+        ``query`` texts are waited on by a user: they take the model's next turn."""
         if not texts:
             return 0
         model = self._model()
@@ -363,7 +367,7 @@ class Embedder:
             idx = order[start : start + self.batch_size]
             batch = [texts[i] for i in idx]
             t0 = time.perf_counter()
-            with self._infer_lock:  # per batch: a query waits one batch at most
+            with self._gate.turn(query=query):  # per batch: a query waits one batch at most
                 try:
                     vecs = model.encoder.encode(batch)
                 except Exception as exc:

@@ -51,8 +51,16 @@ def file_role(path: str) -> Role:
     return "source"
 
 
+ASKING_QUERY_WORDS = 25
+"""Longer texts (bug reports, pasted chat turns) mention tests and docs in passing ("I tested
+it with..."): only a short query naming them is asking for them. Measured on SWE-bench dev:
+waiving on any mention halved the prior's gain (file MRR 68.3 -> 61.7)."""
+
+
 def query_roles(query: str) -> frozenset[Role]:
     """The non-source roles a query asks for, whose files it must not penalise."""
+    if len(query.split()) > ASKING_QUERY_WORDS:
+        return frozenset()
     roles: set[Role] = set()
     if _ASKS_TESTS.search(query):
         roles.add("test")

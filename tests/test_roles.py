@@ -116,3 +116,12 @@ def test_the_prior_costs_tests_exactly_the_penalty_and_leaves_the_parts_alone(rt
     assert raw["uploader.py"] == pytest.approx(by_path["uploader.py"], abs=1e-6)
     dense = rt.retriever.search(question, repos=["acme/uploader"], k=5, mode="dense")
     assert {h.path for h in dense} == {"uploader.py", "tests/test_uploader.py"}
+
+
+def test_long_texts_mention_tests_in_passing_without_asking_for_them() -> None:
+    report = (
+        "Uploads hang forever when the object store times out. I tested this with a local "
+        "minio and the retry loop never gives up; the unit tests only cover the happy path. "
+        "Expected: after five attempts the upload should fail with a clear error message."
+    )
+    assert query_roles(report) == frozenset()
