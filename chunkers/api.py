@@ -20,6 +20,7 @@ from chunkers.ast_chunker import (
 )
 from chunkers.engine import Engine, Structure, TooDeepError
 from chunkers.languages import LANGUAGES, LanguageSpec, language_for_path, refine_language
+from chunkers.secrets import RULES_VERSION, Finding, redact
 from chunkers.skip import PathFilter, check_bytes, check_text, normalize_path
 from chunkers.text_chunker import SectionStructure, section_finder
 from chunkers.tokens import DEFAULT_COUNTER, SpanMeter, TokenCounter
@@ -34,13 +35,15 @@ class ChunkResult:
 
     ``skipped`` is set (and ``chunks`` empty) when the file was left out; ``fallback`` says
     why a file that has a grammar was cut into line windows instead (syntax errors, timeout,
-    nesting too deep), so the indexer can count and report it.
+    nesting too deep), so the indexer can count and report it. ``redactions`` lists the
+    secrets removed from the file before it was chunked (kind and line, never the value).
     """
 
     chunks: list[Chunk]
     skipped: SkippedFile | None = None
     language: str | None = None
     fallback: str | None = None
+    redactions: tuple[Finding, ...] = ()
 
 
 class FileChunker:
@@ -57,6 +60,12 @@ class FileChunker:
 
     Construction is cheap: parsers are created on first use, one per language and thread
     (tree-sitter parsers must not be shared between threads), and cached.
+
+    With ``redact_secrets`` (the default) the file's text goes through
+    :func:`chunkers.secrets.redact` before it is chunked: every indexing path (CLI, Celery
+    workers, embedded tasks, evals) chunks here, so token budgets, stored text, sparse and
+    dense vectors and point ids are all computed from the redacted text, and nothing served
+    can hold the secret. Redaction keeps every line, so chunk line numbers stay true.
     """
 
     parse_timeout_s: float = PARSE_TIMEOUT_S
@@ -69,6 +78,7 @@ class FileChunker:
         max_tokens: int = 256,
         min_tokens: int = 48,
         max_file_bytes: int = 1_000_000,
+        redact_secrets: bool = True,
     ) -> None:
         if max_tokens < 16:
             raise ValueError("max_tokens must be at least 16")
@@ -80,6 +90,7 @@ class FileChunker:
         self.max_tokens = max_tokens
         self.min_tokens = min_tokens
         self.max_file_bytes = max_file_bytes
+        self.redact_secrets = redact_secrets
         self._overhead: int | None = None
         self._paths = PathFilter()
         self._local = threading.local()
@@ -102,6 +113,10 @@ class FileChunker:
         skipped = check_text(path, text, language)
         if skipped is not None:
             return ChunkResult([], skipped, language)
+        found: tuple[Finding, ...] = ()
+        if self.redact_secrets:
+            redacted = redact(text, language)
+            text, found = redacted.text, redacted.findings
 
         spec = LANGUAGES[language]
         lines = text.split("\n")
@@ -122,8 +137,16 @@ class FileChunker:
                 chunks = self._engine(path, spec, lines, meter, None, kind).run()
             except Exception as exc:
                 detail = f"{type(exc).__name__}: {exc}"
-                return ChunkResult([], SkippedFile(path, "error", detail), language, fallback)
-        return ChunkResult(chunks, None, language, fallback)
+                return ChunkResult(
+                    [], SkippedFile(path, "error", detail), language, fallback, found
+                )
+        return ChunkResult(chunks, None, language, fallback, found)
+
+    @property
+    def redaction_id(self) -> str:
+        """What the stored text went through (part of the index fingerprint): the secret
+        rules' version, or ``raw`` when redaction is off."""
+        return f"secrets{RULES_VERSION}" if self.redact_secrets else "raw"
 
     # -- internals ---------------------------------------------------------------------------
     def _structured(

@@ -111,6 +111,8 @@ def index(
     skipped = ", ".join(f"{k}: {v}" for k, v in report.skipped_by_reason().items()) or "none"
     t.add_row("skipped", skipped)
     t.add_row("fallbacks", str(report.fallbacks))
+    found = ", ".join(f"{k}: {v}" for k, v in sorted(report.secrets_redacted.items()))
+    t.add_row("secrets redacted", found or "none")
     t.add_row("seconds", f"{report.seconds:.2f}")
     err.print(t)
 

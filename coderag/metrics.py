@@ -17,6 +17,7 @@ coderag_query_latency_seconds          histogram     endpoint (search, continue,
 coderag_chunks_embedded_total          counter       (none)
 coderag_search_results_total           counter       endpoint
 coderag_http_errors_total              counter       error_code
+coderag_secrets_redacted_total         counter       kind (aws-access-key, password, ...)
 =====================================  ============  =========================================
 """
 
@@ -37,6 +38,7 @@ __all__ = [
     "QUERY_LATENCY",
     "QUEUE_DEPTH",
     "SEARCH_RESULTS",
+    "SECRETS_REDACTED",
     "TASK_DURATION",
     "WEBHOOK_EVENTS",
     "generate_latest",
@@ -81,6 +83,11 @@ SEARCH_RESULTS = Counter(
     "coderag_search_results_total",
     "Chunks returned by retrieval endpoints.",
     ["endpoint"],
+)
+SECRETS_REDACTED = Counter(
+    "coderag_secrets_redacted_total",
+    "Secrets replaced by a redaction marker before chunking, by kind (see chunkers.secrets).",
+    ["kind"],
 )
 HTTP_ERRORS = Counter(
     "coderag_http_errors_total",

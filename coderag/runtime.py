@@ -56,6 +56,7 @@ def build_runtime(settings: Settings, *, index: VectorIndex | None = None) -> Ru
         max_tokens=min(settings.chunk_max_tokens, embedder_max_tokens(embedder)),
         min_tokens=settings.chunk_min_tokens,
         max_file_bytes=settings.max_file_bytes,
+        redact_secrets=settings.redact_secrets,
     )
     idx = index if index is not None else open_index(settings)
     indexer = IndexService(idx, embedder, chunker, extra_ignore=settings.extra_ignore)

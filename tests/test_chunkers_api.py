@@ -57,14 +57,16 @@ def test_exported_names() -> None:
 
 
 def test_private_modules_declare_all() -> None:
-    for name in ("api", "ast_chunker", "engine", "languages", "skip", "text_chunker", "tokens"):
+    for name in (
+        "api", "ast_chunker", "engine", "languages", "secrets", "skip", "text_chunker", "tokens",
+    ):  # fmt: skip
         module = sys.modules[f"chunkers.{name}"]
         assert isinstance(module.__all__, list), name
 
 
 def test_chunk_result_record() -> None:
     fields = [f.name for f in dataclasses.fields(ChunkResult)]
-    assert fields == ["chunks", "skipped", "language", "fallback"]
+    assert fields == ["chunks", "skipped", "language", "fallback", "redactions"]
     result = chunk_file("src/a.py", b"def a():\n    return 1\n")
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.language = "x"  # type: ignore[misc]
