@@ -25,6 +25,7 @@ __all__ = [
     "VENDORED_DIRS",
     "PathFilter",
     "check_bytes",
+    "check_path",
     "check_text",
     "normalize_path",
 ]
@@ -210,6 +211,35 @@ _GENERATED_RE = re.compile(
 )
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_path(path: str) -> SkippedFile | None:
+    """``unsafe_path`` for a name no source file has and that would be unsafe to serve.
+
+    A git tree is attacker-shaped data: ``git mktree`` accepts an entry named ``..`` or
+    ``.``, and a name may hold any byte but ``/`` and NUL. Such a path must never reach the
+    index, because clients resolve served paths against their checkout (``../x`` escapes
+    it), a control character or newline in a path rewrites log lines, terminals and the
+    prompt a context block is pasted into, and bytes that are not UTF-8 cannot be stored or
+    sent as JSON at all (they arrive here as lone surrogates, ``surrogateescape``). Checked
+    on the path as given: the git listing is not normalized first, so ``./x`` cannot pose as
+    ``x``. The skip keeps the raw path (the indexer matches it against diffs); ``detail``
+    shows it escaped, safe to log.
+    """
+    shown = ascii(path)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return SkippedFile(path, "unsafe_path", f"file name is not valid UTF-8: {shown}")
+    if _CONTROL_CHARS.search(path):
+        return SkippedFile(path, "unsafe_path", f"control character in the file name: {shown}")
+    parts = path.replace("\\", "/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return SkippedFile(path, "unsafe_path", f"empty, '.' or '..' path component: {shown}")
+    return None
+
+
 def normalize_path(path: str) -> str:
     """Repo-relative, '/'-separated, without a leading './' or '/'."""
     path = path.replace("\\", "/")
@@ -281,6 +311,9 @@ class PathFilter:
     def check(self, path: str) -> SkippedFile | None:
         """The reason ``path`` is not indexed, or ``None`` if it may be."""
         path = normalize_path(path)
+        unsafe = check_path(path)
+        if unsafe is not None:
+            return unsafe
         parts = path.split("/")
         for part in parts[:-1]:
             if part in IGNORED_DIRS or part.endswith(".egg-info"):

@@ -25,6 +25,7 @@ from coderag.errors import InputError, NotFoundError
 from coderag.index import VectorIndex
 
 __all__ = [
+    "REPO_ID_PATTERN",
     "REPO_STATE_PREFIX",
     "RepoRecord",
     "RepoRegistry",
@@ -35,7 +36,14 @@ __all__ = [
 
 REPO_STATE_PREFIX = "repo/"
 RUN_STATE_PREFIX = "run/"
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*(/[A-Za-z0-9_.][A-Za-z0-9_.-]*)+$")
+_SEGMENT = (
+    r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]*|\.(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*)?|\.\.[A-Za-z0-9_.-]+)"
+)
+REPO_ID_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})+$"
+"""A GitLab ``group/project`` path: two or more segments of ``[A-Za-z0-9_.-]``, none starting
+with ``-`` and none ``..``. Written without look-around so that the one pattern serves Python,
+pydantic's Rust regex and the OpenAPI schema (clients and fuzzers draw ids from it)."""
+_REPO_ID_RE = re.compile(REPO_ID_PATTERN)
 _DUMMY_HASH = hashlib.sha256(b"coderag: no such repository").hexdigest()
 
 
@@ -71,7 +79,7 @@ class RepoRecord(BaseModel):
     @classmethod
     def _check_id(cls, v: str) -> str:
         v = v.strip("/")
-        if not _REPO_ID_RE.match(v) or ".." in v.split("/"):
+        if not _REPO_ID_RE.fullmatch(v) or ".." in v.split("/"):
             raise ValueError("repo id must be a GitLab path like 'group/project'")
         return v
 
@@ -131,8 +139,12 @@ class RepoRegistry:
         """Forget the repository and its run records; its points are the indexer's job."""
         existed = self.get(repo_id) is not None
         self.index.set_state(self._key(repo_id), None)
-        for key in self.index.list_state(f"{RUN_STATE_PREFIX}{repo_id.strip('/')}/"):
-            self.index.set_state(key, None)
+        # The prefix also lists the runs of repos nested under this path ("g/b/sub" under
+        # "g/b"): the record's own repo field decides, as in ``coderag.status``.
+        rid = repo_id.strip("/")
+        for key, run in self.index.list_state(f"{RUN_STATE_PREFIX}{rid}/").items():
+            if run.get("repo") == rid:
+                self.index.set_state(key, None)
         return existed
 
     def verify_secret(
@@ -180,6 +192,6 @@ class RepoRegistry:
 def parse_repo_id(value: str) -> str:
     """Validate a repo id given by a caller (raises :class:`InputError`)."""
     v = value.strip().strip("/")
-    if not _REPO_ID_RE.match(v) or ".." in v.split("/"):
+    if not _REPO_ID_RE.fullmatch(v) or ".." in v.split("/"):
         raise InputError(f"not a GitLab project path: {value!r}")
     return v

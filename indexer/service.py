@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from chunkers import FileChunker, PathFilter
-from coderag.errors import InputError
+from chunkers.secrets import Finding
+from chunkers.skip import check_path
+from coderag.errors import InputError, NotFoundError
 from coderag.index import IndexPoint, SearchFilter, VectorIndex, ancestor_dirs
-from coderag.metrics import CHUNKS_EMBEDDED
+from coderag.metrics import CHUNKS_EMBEDDED, SECRETS_REDACTED
 from coderag.models import Chunk, SkippedFile
 from embeddings import Embedder, sparse_document
 from indexer.git import GitRepo
@@ -67,6 +69,8 @@ class IndexReport:
     chunks_linked: int = 0  # existing points that gained this branch (no embedding)
     chunks_removed: int = 0  # points deleted (no branch left)
     fallbacks: int = 0
+    secrets_redacted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Secrets replaced by markers in the files this run chunked, by kind."""
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -93,6 +97,7 @@ class IndexReport:
             "chunks_linked": self.chunks_linked,
             "chunks_removed": self.chunks_removed,
             "fallbacks": self.fallbacks,
+            "secrets_redacted": dict(sorted(self.secrets_redacted.items())),
             "skipped": self.skipped_by_reason(),
             "seconds": round(self.seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
@@ -123,6 +128,9 @@ class IndexService:
         return (
             f"v{INDEX_FORMAT}:{self.embedder.model_id}:"
             f"{self.chunker.max_tokens}:{self.chunker.min_tokens}"
+            # Stored text changes with the secret rules: an index written before them (or
+            # with other rules) is re-written once, so no redacted secret stays stored.
+            f":{self.chunker.redaction_id}"
         )
 
     def index(
@@ -145,23 +153,18 @@ class IndexService:
         path = Path(source)
         if not path.exists():
             raise InputError(f"source {source} does not exist")
+        git = GitRepo(path, token=token)
+        # Resolved before the model loads: an empty repository or a dangling HEAD is a clear
+        # error at once, not after seconds of warm-up.
+        sha = _resolve_commit(git, branch, commit) if git.is_repo() else None
         self.embedder.warm_up()
         self.store.ensure(self.embedder.dim)
-        git = GitRepo(path, token=token)
         key = branch_state_key(repo, branch)
         prev = self.store.get_state(key) or {}
         fp = self.fingerprint()
         same_fp = prev.get("fingerprint") == fp
 
-        if git.is_repo():
-            rev = commit or branch
-            try:
-                sha = git.resolve(rev)
-            except InputError:
-                if commit is None:
-                    sha = git.resolve("HEAD")
-                else:
-                    raise
+        if sha is not None:
             report = IndexReport(repo, branch, sha, previous_commit=prev.get("commit"))
             if same_fp and prev.get("commit") == sha:
                 report.mode = "noop"
@@ -268,8 +271,11 @@ class IndexService:
     def delete_repo(self, repo: str) -> int:
         n = self.store.count(SearchFilter(repos=[repo]))
         self.store.delete_where(SearchFilter(repos=[repo]))
-        for key in self.store.list_state(f"branch/{repo}/"):
-            self.store.set_state(key, None)
+        # The prefix also lists repos nested under this one's path ("g/b" -> "g/b/sub"):
+        # the record's own repo field decides, or removing one repo resets another's state.
+        for key, st in self.store.list_state(f"branch/{repo}/").items():
+            if st.get("repo") == repo:
+                self.store.set_state(key, None)
         self.store.flush()
         return n
 
@@ -289,7 +295,9 @@ class IndexService:
         if paths is None:
             return dict(self.store.scroll(SearchFilter(repos=[repo], branch=branch), fields))
         out: dict[str, dict[str, Any]] = {}
-        plist = sorted(paths)
+        # An unsafe path (a name that is not UTF-8, say) was never indexed, and the index
+        # cannot even take it in a filter: asking for it would fail every later push.
+        plist = sorted(p for p in paths if check_path(p) is None)
         for i in range(0, len(plist), 256):
             flt = SearchFilter(repos=[repo], branch=branch, paths=plist[i : i + 256])
             out.update(self.store.scroll(flt, fields))
@@ -306,6 +314,8 @@ class IndexService:
         t0 = time.perf_counter()
         for done, (f, data) in enumerate(src.read(files), 1):
             result = self.chunker.chunk(f.path, data)
+            if result.redactions:
+                _count_redactions(report, f.path, result.redactions)
             if result.skipped is not None:
                 report.skipped.append(result.skipped)
             if result.fallback:
@@ -415,6 +425,51 @@ class IndexService:
             for i in range(0, len(delete), 1024):
                 self.store.delete(delete[i : i + 1024])
         report.chunks_removed += len(delete)
+
+
+def _resolve_commit(git: GitRepo, branch: str, commit: str | None) -> str:
+    """The commit to index: ``commit``, else the head of ``branch``, else HEAD (a folder
+    checked out on another branch, the CLI's default). Raises :class:`NotFoundError` with
+    the reason when there is none: no commits at all, or HEAD naming an unborn branch."""
+    if commit is not None:
+        return git.resolve(commit)
+    try:
+        return git.resolve(branch)
+    except NotFoundError:
+        pass
+    try:
+        return git.resolve("HEAD")
+    except NotFoundError:
+        pass
+    heads = git.branches()
+    where = git.path.name
+    if not heads:
+        raise NotFoundError(f"repository {where} has no commits yet: nothing to index")
+    head = git.head_branch() or "HEAD"
+    raise NotFoundError(
+        f"branch {branch!r} not found in {where}, and HEAD points to {head!r}, which has no "
+        f"commits; index one of its branches instead: {', '.join(heads[:10])}"
+    )
+
+
+def _count_redactions(report: IndexReport, path: str, found: Sequence[Finding]) -> None:
+    """Report, count and log the secrets removed from one file: the path, kinds and lines
+    (so the owner can rotate them), never the values."""
+    kinds: dict[str, int] = defaultdict(int)
+    for f in found:
+        kinds[f.kind] += 1
+    for kind, n in kinds.items():
+        report.secrets_redacted[kind] += n
+        SECRETS_REDACTED.labels(kind=kind).inc(n)
+    log.warning(
+        "secrets redacted",
+        extra={
+            "repo": report.repo,
+            "path": path,
+            "kinds": dict(sorted(kinds.items())),
+            "lines": sorted({f.line for f in found}),
+        },
+    )
 
 
 def _payload(c: Chunk, branches: list[str]) -> dict[str, Any]:

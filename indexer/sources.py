@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from chunkers.skip import check_path
 from coderag.models import SkippedFile
 from indexer.git import GitRepo
 
@@ -39,7 +40,10 @@ class GitSource:
         files: list[SourceFile] = []
         skipped: list[SkippedFile] = []
         for e in self.repo.ls_tree(self.commit):
-            if e.is_submodule:
+            unsafe = check_path(e.path)  # the raw tree path: a '..' or '.' entry, odd bytes
+            if unsafe is not None:
+                skipped.append(unsafe)
+            elif e.is_submodule:
                 skipped.append(SkippedFile(e.path, "submodule"))
             elif e.is_symlink:
                 # A symlink's target may point outside the repository: never follow it.
@@ -93,6 +97,10 @@ class DirSource:
                 if d in self._PRUNE:
                     dirnames.remove(d)
                     skipped.append(SkippedFile(_join(rel_dir, d) + "/", "vendored"))
+                elif os.path.islink(os.path.join(dirpath, d)):
+                    # Not descended into (followlinks=False), and said so: never silent.
+                    dirnames.remove(d)
+                    skipped.append(SkippedFile(_join(rel_dir, d), "symlink"))
             for name in filenames:
                 full = os.path.join(dirpath, name)
                 rel = _join(rel_dir, name)
