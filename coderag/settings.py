@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=1_000_000, ge=1)
     extra_ignore: list[str] = Field(default_factory=list)
     """Extra gitignore-style patterns to skip, on top of .gitignore and the built-in rules."""
+    redact_secrets: bool = True
+    """Replace private keys, cloud keys, tokens and passwords in assignments by
+    ``[REDACTED:<kind>]`` before chunking (see :mod:`chunkers.secrets`), so they are never
+    embedded, stored or served. Turning it off (or on) re-writes every branch once."""
 
     # --- embedding -----------------------------------------------------------------------
     embedding_model: str | None = None
@@ -91,6 +95,18 @@ class Settings(BaseSettings):
     full_index_queue: Literal["index", "embed"] = "index"
     """Celery queue of full (re)index runs. ``embed`` sends the embedding-heavy ones to GPU
     workers (``coderag worker --queues embed --pool solo``); pushes stay on ``index``."""
+    branch_lock_ttl_seconds: float = Field(default=60.0, ge=1.0)
+    """Expiry of a branch's run lock (renewed every third of it while the run lives): how
+    long a branch stays blocked after its worker was killed mid-run."""
+    recovery_interval_seconds: float = Field(default=30.0, ge=0)
+    """Seconds between a worker's sweeps for orphaned pushes (a pending commit that no queued
+    task and no live run will index, e.g. after a worker was killed or a task was lost with a
+    Redis outage); 0 turns the sweep off. See :mod:`indexer.recovery`."""
+    recovery_stale_seconds: float = Field(default=600.0, ge=1.0)
+    """Age past which the sweep stops trusting a branch's "run scheduled" flag and queues a
+    run anyway (its task may sit in a dead consumer's unacked set until the broker's
+    visibility timeout, an hour). At most one extra, harmless, folded run per branch per
+    period when the queue is merely that far behind."""
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -77,6 +77,7 @@ _state_lock = threading.Lock()
 _build_lock = threading.Lock()
 _settings: Settings | None = None
 _context: JobContext | None = None
+_reconciler: Any = None
 
 
 class StatusBackend(RedisBackend):
@@ -137,9 +138,37 @@ def create_celery(settings: Settings) -> Celery:
     from indexer.tasks import register_tasks
 
     register_tasks(app)
+    _survive_broker_restarts()
     with _state_lock:
         _settings = settings
     return app
+
+
+def _survive_broker_restarts() -> None:
+    """Keep a worker alive when Redis restarts while it holds unacked (late-ack) messages.
+
+    On a lost broker connection Celery 5.7's consumer first ``collect()``s the kombu
+    connection (dropping its client), then ``close()``s it; the Redis channel's close then
+    tries to put the unacked messages back through that client and raises AttributeError,
+    which ``ignore_errors`` does not cover: "Unrecoverable error", the worker exits (seen in
+    ``tests/test_faults.py``). Swallowing that one error loses nothing: the messages stay in
+    the broker's unacked set (restored after the visibility timeout) and their pushes stay
+    pending in Redis for :mod:`indexer.recovery` to re-schedule.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel.close
+    if getattr(original, "_coderag_safe", False):
+        return
+
+    def close(self: Any) -> None:
+        try:
+            original(self)
+        except AttributeError as exc:  # the collected connection: see the docstring
+            log.warning("broker channel closed after its connection was collected: %s", exc)
+
+    close._coderag_safe = True  # type: ignore[attr-defined]
+    kombu_redis.Channel.close = close  # type: ignore[method-assign]
 
 
 def install_context(ctx: JobContext | None) -> None:
@@ -186,7 +215,7 @@ def context_for(runtime: Any) -> JobContext:
     return JobContext(
         runtime=runtime,
         registry=RepoRegistry(runtime.index),
-        coordinator=RedisCoordinator(client),
+        coordinator=RedisCoordinator(client, lock_ttl=settings.branch_lock_ttl_seconds),
         scheduler=CeleryDispatcher(settings, redis_client=client),
     )
 
@@ -201,6 +230,49 @@ def _on_worker_process_init(**_: Any) -> None:
         worker_context()
     except Exception:  # keep the worker up; the first task reports the error
         log.exception("worker warm-up failed")
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """Start the orphan sweep (:mod:`indexer.recovery`) in the worker's main process.
+
+    It needs Redis and the broker only, not the model, so it runs beside any pool (in a
+    prefork parent too) on its own connections; every worker runs one, and the flag makes
+    concurrent sweeps queue one task per branch.
+    """
+    global _reconciler
+    settings = _settings
+    if settings is None or settings.recovery_interval_seconds <= 0:
+        return
+    from indexer.dispatch import CeleryDispatcher
+    from indexer.recovery import Reconciler
+
+    app = getattr(sender, "app", None)
+    try:
+        dispatcher = CeleryDispatcher(settings, app=app)
+    except Exception:  # keep the worker up: pushes still schedule their own runs
+        log.exception("orphan sweep not started")
+        return
+    with _state_lock:
+        old, _reconciler = (
+            _reconciler,
+            Reconciler(
+                dispatcher, settings.recovery_interval_seconds, settings.recovery_stale_seconds
+            ),
+        )
+        _reconciler.start()
+    if old is not None:
+        old.stop()
+
+
+@signals.worker_shutdown.connect
+def _stop_reconciler(**_: Any) -> None:
+    global _reconciler
+    with _state_lock:
+        rec, _reconciler = _reconciler, None
+    if rec is not None:
+        rec.stop()
+        rec.dispatcher.close()
 
 
 @signals.worker_process_shutdown.connect

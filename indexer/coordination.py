@@ -12,6 +12,13 @@ become ONE indexing run of the newest commit. Three pieces make it safe across p
 - ``lock``: one run at a time per branch, with an expiry renewed while the run is alive,
   so a crashed worker frees the branch by itself.
 
+The flag is first taken as a short *lease* (:data:`SCHEDULE_LEASE_S`) and only extended to
+:data:`SCHEDULE_TTL_S` once the task is on the broker (``confirm_schedule``): when the send
+fails and Redis is too sick to clear the flag, a flag naming a task that was never queued
+must not fold the next hour of pushes into nothing. Whatever still slips through (a worker
+killed mid-run, a task lost with the broker) leaves a pending commit with no flag and no
+lock, which :mod:`indexer.recovery` finds and re-schedules.
+
 Two implementations with the same semantics: :class:`RedisCoordinator` (distributed mode, any
 number of processes) and :class:`MemoryCoordinator` (embedded mode, one process, no Redis).
 """
@@ -39,8 +46,11 @@ SCHEDULE_TTL_S = 3600
 """How long a "run scheduled" flag lives. Past it, a lost task (expired, purged queue) stops
 blocking new pushes from scheduling; a duplicate it lets through is harmless (serialized by
 the lock, then finds nothing pending)."""
+SCHEDULE_LEASE_S = 30
+"""Life of a freshly claimed flag until the claimer confirms its task is queued."""
 LOCK_TTL_S = 60.0
-"""Expiry of a branch lock; renewed every third of it while the run is alive."""
+"""Expiry of a branch lock; renewed every third of it while the run is alive
+(``settings.branch_lock_ttl_seconds`` in workers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +87,9 @@ class Coordinator(Protocol):
     def claim_schedule(self, repo: str, branch: str, task_id: str) -> str | None:
         """Set the flag to ``task_id`` unless set: ``None`` if won, else the scheduled id."""
 
+    def confirm_schedule(self, repo: str, branch: str, task_id: str) -> None:
+        """``task_id`` is queued: extend its flag from the lease to the full TTL."""
+
     def release_schedule(self, repo: str, branch: str) -> None:
         """Clear the flag; only a lock holder calls it, right before reading ``pending``."""
 
@@ -92,6 +105,17 @@ class Coordinator(Protocol):
         """Drop every pending entry and flag of a repository (after it is removed)."""
 
     def pending_count(self) -> int: ...
+
+    def pending_branches(self) -> list[tuple[str, str]]:
+        """(repo, branch) of every pending entry."""
+
+    def is_scheduled(self, repo: str, branch: str) -> bool: ...
+
+    def schedule_age(self, repo: str, branch: str) -> float | None:
+        """Seconds since the flag's task was confirmed queued; ``None`` without a confirmed
+        flag (no flag, or a lease that lapses by itself)."""
+
+    def is_locked(self, repo: str, branch: str) -> bool: ...
 
 
 # ----------------------------------------------------------------------------- Redis
@@ -114,6 +138,13 @@ end
 return 0
 """
 
+_CONFIRM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
 PENDING_TTL_S = 7 * 24 * 3600
 """A pending commit nobody ran for a week is dropped (its branch is re-indexed on the next
 push anyway: indexing always diffs against what the index holds, not against the payload)."""
@@ -132,6 +163,7 @@ class RedisCoordinator:
         self.lock_ttl = lock_ttl
         self._record = client.register_script(_RECORD)
         self._consume = client.register_script(_CONSUME)
+        self._confirm = client.register_script(_CONFIRM)
 
     def _k(self, kind: str, repo: str, branch: str = "") -> str:
         # ':' is in no GitLab path and no git ref name (only in the fixed "tag:" label
@@ -159,12 +191,16 @@ class RedisCoordinator:
         key = self._k("scheduled", repo, branch)
         with self._errors():
             for _ in range(3):
-                if self.r.set(key, task_id, nx=True, ex=SCHEDULE_TTL_S):
+                if self.r.set(key, task_id, nx=True, ex=SCHEDULE_LEASE_S):
                     return None
                 current = self.r.get(key)
                 if current is not None:
                     return current.decode() if isinstance(current, bytes) else str(current)
         return None  # pragma: no cover - the flag flapped three times: treat as won
+
+    def confirm_schedule(self, repo: str, branch: str, task_id: str) -> None:
+        with self._errors():
+            self._confirm(keys=[self._k("scheduled", repo, branch)], args=[task_id, SCHEDULE_TTL_S])
 
     def release_schedule(self, repo: str, branch: str) -> None:
         with self._errors():
@@ -221,6 +257,31 @@ class RedisCoordinator:
         with self._errors():
             return sum(1 for _ in self.r.scan_iter(match=f"{self.prefix}:pending:*"))
 
+    def pending_branches(self) -> list[tuple[str, str]]:
+        head = f"{self.prefix}:pending:"
+        out = []
+        with self._errors():
+            for key in self.r.scan_iter(match=f"{head}*", count=500):
+                repo, sep, branch = _s(key).removeprefix(head).partition(":")
+                if sep:
+                    out.append((repo, branch))
+        return sorted(out)
+
+    def is_scheduled(self, repo: str, branch: str) -> bool:
+        with self._errors():
+            return bool(self.r.exists(self._k("scheduled", repo, branch)))
+
+    def schedule_age(self, repo: str, branch: str) -> float | None:
+        with self._errors():
+            ttl = int(self.r.ttl(self._k("scheduled", repo, branch)))
+        if ttl <= SCHEDULE_LEASE_S:  # none (-2), no expiry (-1) or a lease
+            return None
+        return float(SCHEDULE_TTL_S - ttl)
+
+    def is_locked(self, repo: str, branch: str) -> bool:
+        with self._errors():
+            return bool(self.r.exists(self._k("lock", repo, branch)))
+
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
@@ -269,6 +330,9 @@ class MemoryCoordinator:
             self._scheduled[key] = (task_id, now + SCHEDULE_TTL_S)
             return None
 
+    def confirm_schedule(self, repo: str, branch: str, task_id: str) -> None:
+        return None  # in-process queueing cannot fail after the claim: nothing to confirm
+
     def release_schedule(self, repo: str, branch: str) -> None:
         with self._mu:
             self._scheduled.pop((repo, branch), None)
@@ -305,6 +369,27 @@ class MemoryCoordinator:
     def pending_count(self) -> int:
         with self._mu:
             return len(self._pending)
+
+    def pending_branches(self) -> list[tuple[str, str]]:
+        with self._mu:
+            return sorted(self._pending)
+
+    def is_scheduled(self, repo: str, branch: str) -> bool:
+        with self._mu:
+            cur = self._scheduled.get((repo, branch))
+            return cur is not None and cur[1] > time.monotonic()
+
+    def schedule_age(self, repo: str, branch: str) -> float | None:
+        with self._mu:
+            cur = self._scheduled.get((repo, branch))
+        if cur is None or cur[1] <= time.monotonic():
+            return None
+        return time.monotonic() - (cur[1] - SCHEDULE_TTL_S)
+
+    def is_locked(self, repo: str, branch: str) -> bool:
+        with self._mu:
+            lk = self._locks.get((repo, branch))
+        return lk is not None and lk.locked()
 
 
 def new_task_id() -> str:

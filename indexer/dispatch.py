@@ -78,7 +78,7 @@ class Dispatcher(Protocol):
 
     def submit_reindex(self, repo_id: str, *, full: bool = True) -> str: ...
 
-    def submit_remove(self, repo_id: str) -> str: ...
+    def submit_remove(self, repo_id: str, requested_at: float | None = None) -> str: ...
 
     def queue_depths(self) -> dict[str, int]: ...
 
@@ -151,19 +151,52 @@ class CeleryDispatcher:
         if existing is not None:
             return existing  # folded into the run already scheduled
         queue = self.settings.full_index_queue if full else QUEUE_INDEX
+        return self._send_claimed(
+            name, repo_id, branch, task_id, queue, self.settings.push_debounce_seconds
+        )
+
+    def _send_claimed(
+        self, name: str, repo_id: str, branch: str, task_id: str, queue: str, countdown: float
+    ) -> str:
+        """Send the run whose flag we hold; confirm the flag once the task is queued.
+
+        A failed send clears the flag so GitLab's retry schedules the run; when Redis is too
+        sick for that, the flag is only a short lease and lapses by itself (see
+        :mod:`indexer.coordination`). A failed confirm is harmless: the lease lapses while
+        the task is queued and, at worst, a later push queues a second, folded run.
+        """
         try:
-            return self._send(
-                name,
-                [repo_id, branch],
-                task_id=task_id,
-                queue=queue,
-                countdown=self.settings.push_debounce_seconds,
-            )
+            self._send(name, [repo_id, branch], task_id=task_id, queue=queue, countdown=countdown)
         except TransientError:
-            # Nothing was queued: free the flag so GitLab's retry schedules the run.
             with contextlib.suppress(TransientError):
                 self.coordinator.release_schedule(repo_id, branch)
             raise
+        with contextlib.suppress(TransientError):
+            self.coordinator.confirm_schedule(repo_id, branch, task_id)
+        return task_id
+
+    def reschedule(
+        self, repo_id: str, branch: str, *, stale_after: float | None = None
+    ) -> str | None:
+        """Queue a run for a pending commit that nothing will index (:mod:`indexer.recovery`).
+
+        Does nothing while a run holds the branch or a task is scheduled for it, unless that
+        task was queued more than ``stale_after`` seconds ago (then its flag is replaced);
+        returns the new task id, or ``None``.
+        """
+        p = self.coordinator.pending(repo_id, branch)
+        if p is None or self.coordinator.is_locked(repo_id, branch):
+            return None
+        if stale_after is not None:
+            age = self.coordinator.schedule_age(repo_id, branch)
+            if age is not None and age >= stale_after:
+                self.coordinator.release_schedule(repo_id, branch)
+        task_id = new_task_id()
+        if self.coordinator.claim_schedule(repo_id, branch, task_id) is not None:
+            return None
+        name = DELETE_BRANCH if p.sha == NULL_SHA else INDEX_BRANCH
+        queue = self.settings.full_index_queue if p.full else QUEUE_INDEX
+        return self._send_claimed(name, repo_id, branch, task_id, queue, 0.0)
 
     def submit_delete_branch(self, repo_id: str, branch: str, received_at: float) -> str:
         return self.submit_push(repo_id, branch, NULL_SHA, received_at)
@@ -171,8 +204,10 @@ class CeleryDispatcher:
     def submit_reindex(self, repo_id: str, *, full: bool = True) -> str:
         return self._send(REINDEX_REPO, [repo_id, full], task_id=new_task_id(), queue=QUEUE_GIT)
 
-    def submit_remove(self, repo_id: str) -> str:
-        return self._send(REMOVE_REPO, [repo_id], task_id=new_task_id(), queue=QUEUE_GIT)
+    def submit_remove(self, repo_id: str, requested_at: float | None = None) -> str:
+        return self._send(
+            REMOVE_REPO, [repo_id, requested_at], task_id=new_task_id(), queue=QUEUE_GIT
+        )
 
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting per queue (kombu's Redis transport: one list per queue and
@@ -294,8 +329,8 @@ class EmbeddedDispatcher:
     def submit_reindex(self, repo_id: str, *, full: bool = True) -> str:
         return self._put(REINDEX_REPO, (repo_id, full))
 
-    def submit_remove(self, repo_id: str) -> str:
-        return self._put(REMOVE_REPO, (repo_id,))
+    def submit_remove(self, repo_id: str, requested_at: float | None = None) -> str:
+        return self._put(REMOVE_REPO, (repo_id, requested_at))
 
     # -- introspection -------------------------------------------------------------------
     def queue_depths(self) -> dict[str, int]:

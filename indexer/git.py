@@ -112,9 +112,32 @@ class GitRepo:
         out = self.run("cat-file", "-t", sha, check=False)
         return out.strip() == b"commit"
 
+    def is_sound(self, *, full: bool = True) -> bool:
+        """Whether ``git fsck`` finds the repository intact (local work, no network).
+
+        ``full=False`` checks that every reachable object is present and readable as far as
+        commits and trees go (cheap); ``full=True`` also inflates and hashes every blob, which
+        is what a corrupt pack or loose object fails.
+        """
+        if not self.is_repo():
+            return False
+        args = ["fsck", "--no-dangling", "--no-progress"]
+        if not full:
+            args.append("--connectivity-only")
+        try:
+            self.run(*args)
+        except GitError:
+            return False
+        return True
+
     def head_branch(self) -> str | None:
         out = self.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False)
         return out.decode().strip() or None
+
+    def branches(self) -> list[str]:
+        """Short names of the local branches (``refs/heads``), sorted."""
+        out = self.run("for-each-ref", "--format=%(refname:short)", "refs/heads/", check=False)
+        return sorted(line for line in out.decode("utf-8", "replace").splitlines() if line)
 
     def commit_time(self, sha: str) -> int:
         return int(self.run("log", "-1", "--format=%ct", sha).decode().strip() or 0)

@@ -15,19 +15,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from coderag.errors import (
     CoderagError,
     GitError,
     IndexError_,
+    NotFoundError,
     TransientError,
     translate,
 )
 from coderag.repos import RepoRecord, RepoRegistry
 from indexer.coordination import Coordinator, Pending
 from indexer.git import NULL_SHA, GitRepo, redact_url
-from indexer.mirrors import mirror_for_url
+from indexer.mirrors import mirror_for_url, repair_mirror
 
 if TYPE_CHECKING:
     from coderag.runtime import Runtime
@@ -85,6 +87,14 @@ class JobContext:
             return self.fetch(rec)
         with translate(GitError, f"fetching {redact_url(rec.url)}"):
             return mirror_for_url(rec.url, self.runtime.settings)
+
+    def repair(self, rec: RepoRecord) -> bool:
+        """Re-clone the repository's mirror if ``git fsck`` finds it broken (see
+        :func:`indexer.mirrors.repair_mirror`); ``False`` with a fetch override (tests)."""
+        if self.fetch is not None:
+            return False
+        with translate(GitError, f"repairing the mirror of {redact_url(rec.url)}"):
+            return repair_mirror(rec.url, self.runtime.settings)
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -145,7 +155,15 @@ def _run_once(ctx: JobContext, rec: RepoRecord, branch: str, p: Pending) -> dict
             from indexer.service import branch_state_key
 
             ctx.runtime.index.set_state(branch_state_key(rec.id, branch), None)
-        report = indexer.index(mirror, rec.id, branch, p.sha)
+        try:
+            report = indexer.index(mirror, rec.id, branch, _newest(mirror, branch, p.sha))
+        except (GitError, NotFoundError):
+            # A corrupt mirror fails here even after a clean fetch (a missing or damaged
+            # object); a NotFoundError would otherwise drop the push as "commit gone". Repair
+            # it and run once more; a sound mirror means the failure was real: re-raise.
+            if not ctx.repair(rec):
+                raise
+            report = indexer.index(mirror, rec.id, branch, _newest(mirror, branch, p.sha))
         outcome = {
             "action": "index",
             "commit": report.commit,
@@ -169,6 +187,28 @@ def _run_once(ctx: JobContext, rec: RepoRecord, branch: str, p: Pending) -> dict
     ctx.registry.record_run(rec.id, branch, run)
     log.info("branch run", extra={"repo": rec.id, "branch": branch, "run": run})
     return run
+
+
+def _newest(mirror: Any, branch: str, sha: str) -> str:
+    """The commit to index for a push of ``sha``: the branch head just fetched when it
+    descends from ``sha``, else ``sha``.
+
+    GitLab delivers webhooks concurrently and retries late ones, so the push of an older
+    commit can arrive after a newer one and replace it as the branch's pending commit;
+    indexing the payload's sha would then move the branch back and leave it there. The
+    fresh mirror knows better: its head is what the remote holds now. A ``sha`` that is not
+    an ancestor of the head (force-pushed history, a tag label, a commit gone) is indexed as
+    asked, with the usual errors.
+    """
+    try:
+        git = GitRepo(Path(mirror))
+        head = git.resolve(f"refs/heads/{branch}")
+    except CoderagError:
+        return sha
+    if head == sha:
+        return sha
+    base = git.run("merge-base", sha, head, check=False).decode().strip()
+    return head if base == sha else sha
 
 
 def _observe(outcome: dict[str, Any], seconds: float) -> None:
@@ -217,8 +257,18 @@ def reindex_repo(ctx: JobContext, repo_id: str, *, full: bool = True) -> dict[st
     return {"repo": repo_id, "branches": scheduled}
 
 
-def remove_repo(ctx: JobContext, repo_id: str) -> dict[str, Any]:
-    """Delete every point and state record of the repository, and forget its pending work."""
+def remove_repo(ctx: JobContext, repo_id: str, requested_at: float | None = None) -> dict[str, Any]:
+    """Delete every point and state record of the repository, and forget its pending work.
+
+    ``requested_at`` is when the removal was asked for. The API forgets the record at once and
+    this task runs later: if the project was registered again in between, the removal is
+    superseded, and deleting now would wipe the new registration and strand its GitLab hook.
+    The new registration's full run reconciles whatever the old one left in the index.
+    """
+    rec = ctx.registry.get(repo_id)
+    if requested_at is not None and rec is not None and rec.created_at > requested_at:
+        log.info("removal superseded by a new registration", extra={"repo": repo_id})
+        return {"repo": repo_id, "chunks_removed": 0, "superseded": True}
     ctx.coordinator.forget_repo(repo_id)
     ctx.registry.delete(repo_id)
     removed = ctx.runtime.indexer.delete_repo(repo_id)

@@ -11,12 +11,14 @@ the task is re-sent a moment later as a fresh message (not a retry, so it never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from typing import Any
 
 from celery import Celery, Task
 
+from coderag.errors import CoderagError
 from indexer.celery_app import (
     DELETE_BRANCH,
     EXPIRES_S,
@@ -71,7 +73,22 @@ def _branch(task: Task, repo_id: str, branch: str) -> dict[str, Any]:
         return {"repo": repo_id, "branch": branch, "runs": [], "busy": True}
     except RETRYABLE as exc:
         log.warning("retrying %s %s:%s: %s", task.name, repo_id, branch, exc)
+        _hold_schedule(repo_id, branch, task.request.id)
         raise _retry(task, exc) from exc
+
+
+def _hold_schedule(repo_id: str, branch: str, task_id: str | None) -> None:
+    """Make the retry the branch's scheduled run (the failed run had cleared the flag).
+
+    Without it, pushes during the backoff each queue a run of their own, and the orphan
+    sweep (:mod:`indexer.recovery`) takes the branch for orphaned and queues a duplicate.
+    Taken as a lease; if the retry cannot be published the lease lapses and the sweep
+    re-schedules the push.
+    """
+    if not task_id:
+        return
+    with contextlib.suppress(CoderagError):  # Redis down too: the sweep covers it
+        worker_context().coordinator.claim_schedule(repo_id, branch, task_id)
 
 
 def register_tasks(app: Celery) -> dict[str, Task]:
@@ -96,10 +113,10 @@ def register_tasks(app: Celery) -> dict[str, Task]:
             raise _retry(self, exc) from exc
 
     @app.task(name=REMOVE_REPO, bind=True, max_retries=MAX_RETRIES, shared=False)
-    def remove(self: Task, repo_id: str) -> dict[str, Any]:
+    def remove(self: Task, repo_id: str, requested_at: float | None = None) -> dict[str, Any]:
         """Delete every point of the repository and forget its pending work."""
         try:
-            return remove_repo(worker_context(), repo_id)
+            return remove_repo(worker_context(), repo_id, requested_at)
         except RETRYABLE as exc:
             raise _retry(self, exc) from exc
 

@@ -38,7 +38,32 @@ def _exposed() -> tuple[str, ...]:
     # Explicit list: BaseManager's default probes every attribute, and QdrantClient has
     # properties that raise in local mode (grpc_collections).
     names = [n for n, _ in inspect.getmembers(QdrantClient, inspect.isfunction)]
-    return (*(n for n in names if not n.startswith("_")), "get_init_options")
+    return (
+        *(n for n in names if not n.startswith("_")),
+        "get_init_options",
+        "refuse_writes",
+        "refused_writes",
+    )
+
+
+_WRITES = frozenset(
+    {
+        "upsert",
+        "delete",
+        "set_payload",
+        "overwrite_payload",
+        "delete_payload",
+        "clear_payload",
+        "batch_update_points",
+        "update_vectors",
+        "delete_vectors",
+        "create_collection",
+        "recreate_collection",
+        "delete_collection",
+        "create_payload_index",
+    }
+)
+"""The calls a fault window of :meth:`_Locked.refuse_writes` fails (reads keep working)."""
 
 
 class _Locked:
@@ -47,9 +72,23 @@ class _Locked:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._mu = threading.Lock()
+        self._refuse_until = 0.0
+        self._refused = 0
 
     def get_init_options(self) -> dict[str, Any]:
         return dict(self._client.init_options)
+
+    def refuse_writes(self, seconds: float) -> None:
+        """Fault injection: fail every write for ``seconds`` (a server whose disk went
+        read-only or full), as a Qdrant server would, with an error, not a hang."""
+        with self._mu:
+            self._refuse_until = time.monotonic() + seconds
+            self._refused = 0
+
+    def refused_writes(self) -> int:
+        """Writes failed since the last :meth:`refuse_writes`."""
+        with self._mu:
+            return self._refused
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -58,6 +97,9 @@ class _Locked:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             with self._mu:
+                if name in _WRITES and time.monotonic() < self._refuse_until:
+                    self._refused += 1
+                    raise OSError(30, f"Read-only file system (fault injected into {name})")
                 return attr(*args, **kwargs)
 
         return call

@@ -46,7 +46,7 @@ class Recorder:
         self.calls.append(("reindex", (repo_id, full)))
         return f"task-{len(self.calls)}"
 
-    def submit_remove(self, repo_id: str) -> str:
+    def submit_remove(self, repo_id: str, requested_at: float | None = None) -> str:
         self.calls.append(("remove", repo_id))
         return f"task-{len(self.calls)}"
 
@@ -255,7 +255,8 @@ def test_repo_routes(settings: Settings, registry: RepoRegistry, gitlab: FakeGit
         assert out["repo"]["id"] == REPO and out["secret"] and out["task_id"] == "task-1"
         assert "secret_hash" not in out["repo"]
         again = c.post("/v1/repos", json=body, headers=as_admin)
-        assert again.status_code == 400 and "already registered" in again.json()["detail"]
+        assert again.status_code == 409 and "already registered" in again.json()["detail"]
+        assert again.json()["error_code"] == "conflict"
 
         assert [r["id"] for r in c.get("/v1/repos", headers=as_admin).json()["repos"]] == [REPO]
         assert c.get("/v1/repos", headers=as_reader).json()["repos"] == []  # out of scope

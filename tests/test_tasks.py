@@ -210,6 +210,35 @@ def test_reindex_and_remove(rt: Runtime, remote: Remote, registry: RepoRegistry,
         d.close()
 
 
+def test_a_removal_overtaken_by_a_new_registration_is_superseded(
+    rt: Runtime, remote: Remote, registry: RepoRegistry, repo: str
+):
+    """DELETE forgets the record at once and queues the removal; when the project is
+    registered again before the task runs, the task must not wipe the new registration."""
+    d = EmbeddedDispatcher(rt, registry=registry, debounce=0.05)
+    try:
+        d.submit_push(repo, "main", remote.push("main"), time.time())
+        assert d.wait_idle(60)
+        requested_at = time.time()
+        old = registry.require(repo)
+        registry.delete(repo)  # what the API does when it accepts the DELETE
+        time.sleep(0.01)
+        registry.put(old.model_copy(update={"created_at": time.time()}))  # registered again
+        time.sleep(0.01)
+        tid = d.submit_remove(repo, requested_at)
+        assert d.wait_idle(60)
+        assert d.task_status(tid)["result"]["superseded"] is True
+        assert registry.get(repo) is not None
+        assert rt.index.count(SearchFilter(repos=[repo])) > 0
+
+        tid = d.submit_remove(repo, time.time())  # a removal asked for after it: goes ahead
+        assert d.wait_idle(60)
+        assert "superseded" not in d.task_status(tid)["result"]
+        assert registry.get(repo) is None and rt.index.count(SearchFilter(repos=[repo])) == 0
+    finally:
+        d.close()
+
+
 def test_one_run_per_branch_across_workers(
     rt: Runtime, remote: Remote, registry: RepoRegistry, repo: str
 ):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 from coderag.errors import (
     ConfigError,
+    ConflictError,
     GitLabError,
     InputError,
     NotFoundError,
@@ -143,6 +145,9 @@ def register_repo(
 ) -> Registration:
     """Create the hook (when a GitLab token is configured), store the record, schedule the
     first full index. Compensates on failure: a hook is never left without its record."""
+    branches = [b.strip() for b in branches if b.strip()]
+    if not branches:  # before GitLab is called: never a hook whose record cannot be stored
+        raise InputError("at least one non-blank branch pattern is needed")
     base, path = split_project_url(url, settings.gitlab_url)
     use_api = base is not None and settings.gitlab_token is not None
     if use_api and not settings.gitlab_url:
@@ -155,7 +160,7 @@ def register_repo(
             project = gl.projects.get(path)
         rid = project.path_with_namespace
         if registry.get(rid) is not None:
-            raise InputError(f"repository {rid!r} is already registered")
+            raise ConflictError(f"repository {rid!r} is already registered")
         hook_attrs = {
             "url": hook_url(settings),
             "token": secret,
@@ -183,7 +188,7 @@ def register_repo(
     else:
         rid = parse_repo_id(repo_id) if repo_id else path
         if registry.get(rid) is not None:
-            raise InputError(f"repository {rid!r} is already registered")
+            raise ConflictError(f"repository {rid!r} is already registered")
         record = registry.put(
             RepoRecord(
                 id=rid, url=url.strip(), branches=list(branches), secret_hash=hash_secret(secret)
@@ -225,8 +230,9 @@ def remove_repo(settings: Settings, registry: RepoRegistry, dispatcher: Any, rep
     record goes last so a failed submit (broker down) can simply be retried.
     """
     record = registry.require(parse_repo_id(repo_id))
+    requested_at = time.time()  # a registration after this supersedes the removal task
     _delete_hook(settings, record)
-    task_id: str = dispatcher.submit_remove(record.id)
+    task_id: str = dispatcher.submit_remove(record.id, requested_at)
     registry.delete(record.id)
     log.info("repository removed", extra={"repo": record.id, "task_id": task_id})
     return task_id
