@@ -454,7 +454,7 @@ def _mount_optional_routers(app: FastAPI) -> None:
         log.info("webhooks not mounted: %s", exc.name)
         return
     # Their statuses in the one error shape, so the schema documents every answer.
-    hook_responses = _errors(400, 401, 404, 413, 422, 500, 503)
+    hook_responses = _errors(400, 401, 413, 422, 500, 503)
     hook_responses[200] = {"description": "Duplicate delivery (this Idempotency-Key was seen)."}
     app.include_router(webhook_router, responses=hook_responses)
     try:

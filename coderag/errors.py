@@ -8,7 +8,8 @@ Every error coderag raises on purpose derives from :class:`CoderagError`. Librar
     CoderagError
     ├── ConfigError            settings that cannot work (missing model path, bad backend)
     ├── InputError             bad input from a caller (unknown repo, bad glob, bad payload)
-    │   └── NotFoundError      the thing named does not exist (repo, branch, commit)
+    │   ├── NotFoundError      the thing named does not exist (repo, branch, commit)
+    │   └── ConflictError      the thing to create exists already (a registered repo)
     ├── AuthError              missing or wrong credentials
     │   └── ForbiddenError     credentials valid, scope does not cover the resource
     ├── IndexError_            the vector index failed (qdrant / edge)
@@ -28,6 +29,7 @@ __all__ = [
     "AuthError",
     "CoderagError",
     "ConfigError",
+    "ConflictError",
     "EmbeddingError",
     "ForbiddenError",
     "GitError",
@@ -65,6 +67,13 @@ class InputError(CoderagError):
 class NotFoundError(InputError):
     error_code = "not_found"
     http_status = 404
+
+
+class ConflictError(InputError):
+    """A 409, not a 400: the request is well formed, the state it would create exists."""
+
+    error_code = "conflict"
+    http_status = 409
 
 
 class AuthError(CoderagError):

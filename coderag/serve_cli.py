@@ -577,8 +577,13 @@ def _bench_group(app: typer.Typer) -> typer.Typer | None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``serve`` to the main app and ``serve`` to its ``bench`` group."""
+    """Add ``serve`` to the main app; ``serve``, ``webhooks`` and ``search-load`` to its
+    ``bench`` group."""
     app.command("serve")(serve)
     bench = _bench_group(app)
     if bench is not None:
         bench.command("serve")(bench_serve)
+        if _has_webhooks():  # ``bench webhooks`` and ``bench search-load``
+            from webhooks.bench import register as register_webhook_benches
+
+            register_webhook_benches(bench)

@@ -39,6 +39,7 @@ from coderag.auth import Principal, require_principal
 from coderag.errors import CoderagError, ForbiddenError, NotFoundError, TransientError
 from coderag.metrics import QUERY_LATENCY, SEARCH_RESULTS
 from coderag.models import Hit
+from coderag.repos import REPO_ID_PATTERN
 from retriever.context import ContextBlock, approx_tokens, assemble
 
 __all__ = [
@@ -567,7 +568,16 @@ def continue_context(
 def repo_status(
     request: Request,
     principal: PrincipalDep,
-    repo: Annotated[str, Path(description="``group/project``", min_length=1, max_length=512)],
+    repo: Annotated[
+        str,
+        Path(
+            description="``group/project`` (its ``/`` may be sent as ``%2F``)",
+            min_length=3,
+            max_length=512,
+            pattern=REPO_ID_PATTERN,
+            examples=["group/project"],
+        ),
+    ],
 ) -> RepoStatus:
     """Per branch: indexed commit, chunks, pending push and lag, last run and its error."""
     from coderag.status import repo_status as compute

@@ -243,10 +243,18 @@ def test_wrong_or_missing_token_is_401(client: TestClient, disp: RecordingDispat
     assert disp.pushes == []
 
 
-def test_unknown_project_is_404(client: TestClient):
+def test_unknown_project_is_the_same_401_as_a_wrong_token(
+    client: TestClient, disp: RecordingDispatcher
+):
+    """No existence oracle: without the secret, a registered and an unregistered project
+    look the same."""
     payload = fixture("push")
     payload["project"]["path_with_namespace"] = "banking/unknown"
-    assert_error(post(client, payload), 404, "not_found")
+    unknown = post(client, payload, token=SECRET)
+    wrong = post(client, fixture("push"), token="wrong-token")
+    assert_error(unknown, 401, "unauthorized")
+    assert unknown.json()["detail"] == wrong.json()["detail"]
+    assert disp.pushes == []
 
 
 def test_body_over_the_limit_is_413_by_header_and_by_bytes(client: TestClient, settings: Settings):
@@ -302,6 +310,42 @@ def test_broker_down_is_503_and_the_retry_is_not_a_duplicate(
     assert resp.status_code == 202 and resp.json()["status"] == "accepted"
 
 
+def test_dedupe_store_down_is_503_with_nothing_enqueued(
+    client: TestClient, disp: RecordingDispatcher, monkeypatch: pytest.MonkeyPatch
+):
+    import redis
+
+    from tests.standin import free_port
+    from webhooks.dedupe import RedisDeduper
+
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    monkeypatch.setattr(client.app.state, "webhook_deduper", RedisDeduper(dead), raising=False)
+    resp = post(client, fixture("push"), key="0ff11e00-0000-4000-8000-000000000005")
+    assert_error(resp, 503, "unavailable")
+    assert disp.pushes == []
+
+
+def test_a_key_that_could_not_be_remembered_is_not_a_lost_push(
+    client: TestClient, disp: RecordingDispatcher, monkeypatch: pytest.MonkeyPatch
+):
+    """Redis failing between the enqueue and remembering the key: the push is recorded, so
+    the answer is 202, and GitLab's retry is enqueued again (folding makes that harmless)
+    rather than answered "duplicate" for a push that might not exist."""
+    from coderag.errors import TransientError
+    from webhooks.dedupe import MemoryDeduper
+
+    class ForgetfulDeduper(MemoryDeduper):
+        def remember(self, key: str) -> None:
+            raise TransientError("redis unavailable: ConnectionError")
+
+    monkeypatch.setattr(client.app.state, "webhook_deduper", ForgetfulDeduper(), raising=False)
+    key = "0ff11e00-0000-4000-8000-000000000006"
+    first = post(client, fixture("push"), key=key)
+    again = post(client, fixture("push"), key=key)
+    assert first.status_code == 202 and again.status_code == 202
+    assert len(disp.pushes) == 2 and disp.pushes[0][1:3] == disp.pushes[1][1:3]
+
+
 def test_dedupe_in_redis_is_shared_by_api_replicas(
     tmp_path: Path, settings: Settings, disp: RecordingDispatcher, redis_db: Any
 ):
@@ -319,6 +363,7 @@ def test_dedupe_in_redis_is_shared_by_api_replicas(
 # --- public names ---------------------------------------------------------------------------
 PUBLIC = {
     "coderag.repos": [
+        "REPO_ID_PATTERN",
         "REPO_STATE_PREFIX",
         "RepoRecord",
         "RepoRegistry",

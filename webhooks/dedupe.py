@@ -1,12 +1,16 @@
 """Idempotency-Key de-duplication of webhook deliveries.
 
 GitLab sends the same ``Idempotency-Key`` on every retry of one delivery (it retries when we
-answer slowly or with a 5xx). The first delivery claims the key; later ones are answered
-"duplicate" without enqueuing. A claim is released when the enqueue fails, so the retry that
-GitLab makes after our 503 is not mistaken for a duplicate.
+answer slowly or with a 5xx). A key is remembered only **after** its push was handed to the
+dispatcher, and a delivery whose key is remembered is answered "duplicate" without
+enqueuing. Remembering after, not claiming before, is what makes "accepted means recorded"
+hold when Redis dies mid-delivery: a claim taken before a failed enqueue could not always be
+released (Redis was the thing that failed), and GitLab's retry would then have been answered
+"duplicate" for a push nobody recorded. The price is that two copies of one delivery racing
+each other may both be enqueued, which is harmless: pushes of one branch fold into one run.
 
-Distributed mode claims in Redis (SET NX with a TTL, shared by every API replica); embedded
-mode in a bounded in-memory TTL map.
+Distributed mode remembers in Redis (shared by every API replica, with a TTL); embedded mode
+in a bounded in-memory TTL map.
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ DEDUPE_TTL_S = 24 * 3600
 
 
 class Deduper(Protocol):
-    def claim(self, key: str) -> bool:
-        """True the first time ``key`` is seen within the TTL, False for a duplicate."""
+    def seen(self, key: str) -> bool:
+        """True when a delivery with ``key`` was recorded within the TTL."""
 
-    def release(self, key: str) -> None:
-        """Forget a claim (the delivery was not processed after all)."""
+    def remember(self, key: str) -> None:
+        """Record ``key``: its push reached the dispatcher."""
 
 
 class RedisDeduper:
@@ -38,16 +42,16 @@ class RedisDeduper:
         self.ttl = ttl
         self.prefix = prefix
 
-    def claim(self, key: str) -> bool:
+    def seen(self, key: str) -> bool:
         try:
-            return bool(self.r.set(self.prefix + key, b"1", nx=True, ex=self.ttl))
+            return bool(self.r.exists(self.prefix + key))
         except Exception as exc:  # redis ConnectionError / TimeoutError
             raise TransientError(f"redis unavailable: {type(exc).__name__}") from exc
 
-    def release(self, key: str) -> None:
+    def remember(self, key: str) -> None:
         try:
-            self.r.delete(self.prefix + key)
-        except Exception as exc:  # the claim expires on its own
+            self.r.set(self.prefix + key, b"1", ex=self.ttl)
+        except Exception as exc:
             raise TransientError(f"redis unavailable: {type(exc).__name__}") from exc
 
 
@@ -60,24 +64,21 @@ class MemoryDeduper:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._mu = threading.Lock()
 
-    def claim(self, key: str) -> bool:
+    def seen(self, key: str) -> bool:
+        with self._mu:
+            exp = self._seen.get(key)
+            return exp is not None and exp > time.monotonic()
+
+    def remember(self, key: str) -> None:
         now = time.monotonic()
         with self._mu:
             while self._seen:  # drop expired entries from the old end
                 oldest, exp = next(iter(self._seen.items()))
-                if exp > now and len(self._seen) <= self.max_entries:
+                if exp > now and len(self._seen) < self.max_entries:
                     break
                 del self._seen[oldest]
-            exp = self._seen.get(key)
-            if exp is not None and exp > now:
-                return False
             self._seen[key] = now + self.ttl
             self._seen.move_to_end(key)
-            return True
-
-    def release(self, key: str) -> None:
-        with self._mu:
-            self._seen.pop(key, None)
 
 
 def deduper_for(redis_client: Any | None) -> Deduper:

@@ -26,14 +26,27 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coderag.auth import ANONYMOUS, Principal
 from coderag.errors import ConfigError, ForbiddenError, InputError
-from coderag.repos import RepoRegistry, parse_repo_id
+from coderag.repos import REPO_ID_PATTERN, RepoRegistry, parse_repo_id
 from webhooks.gitlab_hooks import register_repo, remove_repo
 
 __all__ = ["RegisterRepo", "repo_router"]
 
 repo_router = APIRouter(prefix="/v1/repos", tags=["repos"])
 
-RepoId = Annotated[str, Path(description="``group/project``", min_length=3, max_length=512)]
+RepoId = Annotated[
+    str,
+    Path(
+        description="``group/project`` (its ``/`` may be sent as ``%2F``)",
+        min_length=3,
+        max_length=512,
+        pattern=REPO_ID_PATTERN,
+        examples=["group/project"],
+    ),
+]
+
+
+BranchPattern = Annotated[str, Field(min_length=1, max_length=255, pattern=r"\S")]
+"""An fnmatch pattern: not blank (a blank one would match no branch)."""
 
 
 class RegisterRepo(BaseModel):
@@ -47,7 +60,7 @@ class RegisterRepo(BaseModel):
         examples=["https://gitlab.example.com/group/project"],
         description="Project URL on the configured GitLab (web or clone URL, no credentials).",
     )
-    branches: list[str] = Field(
+    branches: list[BranchPattern] = Field(
         default_factory=lambda: ["main"],
         min_length=1,
         max_length=100,
@@ -56,6 +69,8 @@ class RegisterRepo(BaseModel):
     )
     id: str | None = Field(
         default=None,
+        max_length=512,
+        pattern=REPO_ID_PATTERN,
         description="Repository id, only for manual registration (no GitLab token "
         "configured); GitLab's path_with_namespace otherwise.",
     )

@@ -10,9 +10,9 @@ Answers, all JSON (errors as ``{"error_code", "detail"}``):
 ====  ===============================================================================
 202   ``{"status": "accepted", "task_id", ...}`` or ``{"status": "ignored", "reason"}``
 200   ``{"status": "duplicate"}``: this Idempotency-Key was already accepted
-400   no ``X-Gitlab-Event``, body is not a JSON object
-401   ``X-Gitlab-Token`` missing or wrong
-404   the project (``project.path_with_namespace``) is not registered
+400   no ``X-Gitlab-Event``, body is not a JSON object (whatever the event)
+401   ``X-Gitlab-Token`` missing or wrong, or the project is not registered (one answer for
+      both, so that the endpoint does not reveal which projects are indexed)
 413   body over ``settings.webhook_max_bytes`` (Content-Length or actual bytes)
 422   a field we need is missing or malformed
 503   broker / Redis / index unavailable: GitLab retries the delivery
@@ -24,7 +24,6 @@ client in distributed mode, ``None`` embedded).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -165,10 +164,48 @@ def _deduper(request: Request) -> Deduper:
     return dd
 
 
+# The handler reads headers and body itself (the body bounded before it is parsed), so FastAPI
+# cannot derive them from the signature: they are documented here, for clients and fuzzers.
+_OPENAPI_EXTRA: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "X-Gitlab-Event",
+            "in": "header",
+            "required": True,
+            "description": "GitLab's event name (``Push Hook``, ``Tag Push Hook``, ``Merge "
+            "Request Hook`` are indexed; any other is acknowledged and ignored). Missing: 400.",
+            "schema": {"type": "string", "minLength": 1, "examples": [EVENT_PUSH]},
+        },
+        {
+            "name": "X-Gitlab-Token",
+            "in": "header",
+            "required": False,
+            "description": "The project hook's secret, needed for an indexed event: "
+            "missing or wrong (or the project not registered) is a 401.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "GitLab's delivery id: a repeated key is answered 200 duplicate.",
+            "schema": {"type": "string", "maxLength": _MAX_KEY_LEN},
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "The event payload as GitLab sends it. Not a JSON object: 400; a "
+        "field the event needs is missing or malformed: 422.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+}
+
+
 @router.post(
     WEBHOOK_PATH,
     status_code=202,
     summary="GitLab project webhook (Push, Tag Push, Merge Request events)",
+    openapi_extra=_OPENAPI_EXTRA,
 )
 async def gitlab_webhook(request: Request) -> JSONResponse:
     resp = await _handle(request)
@@ -200,15 +237,20 @@ async def _handle(request: Request) -> JSONResponse:
     event_name = (request.headers.get("x-gitlab-event") or "").strip()
     if not event_name:
         return _error(400, "invalid_input", "missing X-Gitlab-Event header")
-    model = _MODELS.get(event_name)
-    if model is None:
-        return _ignored(f"event {event_name!r} is not indexed")
+    key = (request.headers.get("idempotency-key") or "").strip()
+    if len(key) > _MAX_KEY_LEN:
+        return _error(400, "invalid_input", f"Idempotency-Key is over {_MAX_KEY_LEN} characters")
+    # Malformed is malformed whatever the event: a body that is not a JSON object is a 400
+    # before an event we do not index is acknowledged.
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return _error(400, "invalid_json", f"body is not JSON: {exc}")
     if not isinstance(data, dict):
         return _error(400, "invalid_json", "body must be a JSON object")
+    model = _MODELS.get(event_name)
+    if model is None:
+        return _ignored(f"event {event_name!r} is not indexed")
     try:
         event = model.model_validate(data)
     except ValidationError as exc:
@@ -226,30 +268,32 @@ def _accept(request: Request, event: Any, received_at: float) -> JSONResponse:
     registry: RepoRegistry = state.registry
     repo_id = event.project.path_with_namespace.strip("/")
     rec = registry.get(repo_id)
-    if rec is None:
-        return _error(404, "not_found", f"project {repo_id!r} is not registered with coderag")
     token = request.headers.get("x-gitlab-token")
-    if not registry.verify_secret(repo_id, token, record=rec):
-        return _error(401, "unauthorized", "missing or wrong X-Gitlab-Token")
+    # An unregistered project and a wrong secret get one answer, after the same constant-time
+    # check (against a dummy hash when there is no record): a 404 would tell anyone without a
+    # secret which projects are indexed. The log, which only operators read, says which.
+    if not registry.verify_secret(repo_id, token, record=rec) or rec is None:
+        log.warning(
+            "webhook refused",
+            extra={"repo": repo_id, "reason": "not registered" if rec is None else "bad token"},
+        )
+        return _error(401, "unauthorized", "unknown project, or missing or wrong X-Gitlab-Token")
     decision = decide(event, rec, state.settings)
     if decision.ignored:
         return _ignored(decision.reason)
     assert decision.branch is not None and decision.sha is not None
 
-    key = (request.headers.get("idempotency-key") or "").strip()
-    if len(key) > _MAX_KEY_LEN:
-        return _error(400, "invalid_input", "Idempotency-Key is too long")
+    key = (request.headers.get("idempotency-key") or "").strip()  # its length: in _handle
     dedupe = _deduper(request) if key else None
     claim = f"{repo_id}:{key}"
-    if dedupe is not None and not dedupe.claim(claim):
+    if dedupe is not None and dedupe.seen(claim):
         return JSONResponse({"status": "duplicate"}, status_code=200)
-    try:
-        task_id = state.dispatcher.submit_push(repo_id, decision.branch, decision.sha, received_at)
-    except Exception:
-        if dedupe is not None:
-            with contextlib.suppress(TransientError):
-                dedupe.release(claim)
-        raise
+    task_id = state.dispatcher.submit_push(repo_id, decision.branch, decision.sha, received_at)
+    if dedupe is not None:
+        try:
+            dedupe.remember(claim)
+        except TransientError as exc:  # recorded anyway; a retry would only fold into it
+            log.warning("webhook key not remembered", extra={"repo": repo_id, "error": str(exc)})
     deleted = set(decision.sha) == {"0"}
     log.info(
         "webhook accepted",
