@@ -466,7 +466,9 @@ def _count_redactions(report: IndexReport, path: str, found: Sequence[Finding]) 
         extra={
             "repo": report.repo,
             "path": path,
-            "kinds": dict(sorted(kinds.items())),
+            # "kind=count" strings, not a dict: the log redactor masks any key named like
+            # a credential ("token", "password"), which would hide the kind itself
+            "kinds": [f"{k}={n}" for k, n in sorted(kinds.items())],
             "lines": sorted({f.line for f in found}),
         },
     )

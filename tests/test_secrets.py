@@ -609,6 +609,12 @@ def test_turning_redaction_on_rewrites_an_index_that_holds_raw_secrets(
     assert {r.path for r in logged} >= {".env", "deploy/id_rsa", "app/settings.py"}  # type: ignore[attr-defined]
     for r in logged:
         assert leaks(json.dumps(r.__dict__, default=str)) == []
+    # what operators read: the JSON log line names the kinds (not masked by the log redactor)
+    from coderag.logging import JsonFormatter
+
+    lines = [json.loads(JsonFormatter().format(r)) for r in logged]
+    assert any(k.startswith("password=") for line in lines for k in line["kinds"])
+    assert all(leaks(json.dumps(line)) == [] for line in lines)
 
 
 @dataclass
