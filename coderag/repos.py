@@ -17,8 +17,9 @@ import hashlib
 import hmac
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from coderag.errors import InputError, NotFoundError
@@ -27,6 +28,7 @@ from coderag.index import VectorIndex
 __all__ = [
     "REPO_ID_PATTERN",
     "REPO_STATE_PREFIX",
+    "RepoIdPath",
     "RepoRecord",
     "RepoRegistry",
     "hash_secret",
@@ -44,6 +46,18 @@ REPO_ID_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})+$"
 with ``-`` and none ``..``. Written without look-around so that the one pattern serves Python,
 pydantic's Rust regex and the OpenAPI schema (clients and fuzzers draw ids from it)."""
 _REPO_ID_RE = re.compile(REPO_ID_PATTERN)
+
+RepoIdPath = Annotated[
+    str,
+    Path(
+        description="``group/project`` (its ``/`` may be sent as ``%2F``)",
+        min_length=3,
+        max_length=512,
+        pattern=REPO_ID_PATTERN,
+        examples=["group/project"],
+    ),
+]
+"""A repo id as a path parameter of any route: one pattern in the code and the schema."""
 _DUMMY_HASH = hashlib.sha256(b"coderag: no such repository").hexdigest()
 
 

@@ -32,14 +32,14 @@ import time
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from coderag.auth import Principal, require_principal
 from coderag.errors import CoderagError, ForbiddenError, NotFoundError, TransientError
 from coderag.metrics import QUERY_LATENCY, SEARCH_RESULTS
 from coderag.models import Hit
-from coderag.repos import REPO_ID_PATTERN
+from coderag.repos import RepoIdPath
 from retriever.context import ContextBlock, approx_tokens, assemble
 
 __all__ = [
@@ -568,16 +568,7 @@ def continue_context(
 def repo_status(
     request: Request,
     principal: PrincipalDep,
-    repo: Annotated[
-        str,
-        Path(
-            description="``group/project`` (its ``/`` may be sent as ``%2F``)",
-            min_length=3,
-            max_length=512,
-            pattern=REPO_ID_PATTERN,
-            examples=["group/project"],
-        ),
-    ],
+    repo: RepoIdPath,
 ) -> RepoStatus:
     """Per branch: indexed commit, chunks, pending push and lag, last run and its error."""
     from coderag.status import repo_status as compute

@@ -365,6 +365,7 @@ PUBLIC = {
     "coderag.repos": [
         "REPO_ID_PATTERN",
         "REPO_STATE_PREFIX",
+        "RepoIdPath",
         "RepoRecord",
         "RepoRegistry",
         "hash_secret",

@@ -20,29 +20,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from coderag.auth import ANONYMOUS, Principal
 from coderag.errors import ConfigError, ForbiddenError, InputError
-from coderag.repos import REPO_ID_PATTERN, RepoRegistry, parse_repo_id
+from coderag.repos import REPO_ID_PATTERN, RepoIdPath, RepoRegistry, parse_repo_id
 from webhooks.gitlab_hooks import register_repo, remove_repo
 
 __all__ = ["RegisterRepo", "repo_router"]
 
 repo_router = APIRouter(prefix="/v1/repos", tags=["repos"])
 
-RepoId = Annotated[
-    str,
-    Path(
-        description="``group/project`` (its ``/`` may be sent as ``%2F``)",
-        min_length=3,
-        max_length=512,
-        pattern=REPO_ID_PATTERN,
-        examples=["group/project"],
-    ),
-]
+RepoId = RepoIdPath
 
 
 BranchPattern = Annotated[str, Field(min_length=1, max_length=255, pattern=r"\S")]
