@@ -37,6 +37,13 @@ def _token(settings: Settings) -> str | None:
     return settings.gitlab_token.get_secret_value() if settings.gitlab_token else None
 
 
+_LOCAL_DAMAGE = re.compile(
+    r"corrupt|unable to unpack|inflate|bad object|loose object|index-pack failed"
+    r"|unpack-objects failed|packfile .* cannot be accessed|missing (?:blob|tree|commit)",
+    re.I,
+)
+
+
 def mirror_for_url(url: str, settings: Settings) -> Path:
     """Clone or refresh the mirror of ``url`` (token from settings, never in the URL).
 
@@ -49,7 +56,10 @@ def mirror_for_url(url: str, settings: Settings) -> Path:
     try:
         repo.mirror_from(url)
     except GitError as exc:
-        if not path.exists() or repo.is_sound(full=False):
+        # A network or remote failure must not cost a full fsck on every retry (minutes on a
+        # big repository); git's own words for a damaged local store earn the full check,
+        # which also catches corrupt objects that no ref reaches any more.
+        if not path.exists() or repo.is_sound(full=_LOCAL_DAMAGE.search(exc.detail) is not None):
             raise
         log.warning("mirror %s is damaged (%s): cloning it again", path.name, exc.detail[:200])
         _reclone(url, path, settings)

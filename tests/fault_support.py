@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from tests.gitlab_mock import FakeGitLab
 from tests.ingest_support import Remote, payload, snapshot
 from tests.standin import connect, free_port, start_standin
 
-__all__ = ["FaultStack", "RedisServer", "fault_stack", "fresh_snapshot", "wait_for"]
+__all__ = ["FaultStack", "RedisServer", "corrupt", "fault_stack", "fresh_snapshot", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[1]
 GL_TOKEN = "glpat-faultTestToken0123456789"
@@ -351,3 +352,19 @@ def fault_stack(
         standin.wait(timeout=10)
         st.gitlab.__exit__(None, None, None)
         redis_server.stop(kill=True)
+
+
+def corrupt(mirror: Path) -> int:
+    """Replace every other object file of ``mirror`` with garbage; returns how many.
+
+    Unlink first, then write: a local clone hard-links its objects with the remote's, and
+    writing through the link would corrupt "GitLab's" copy as well.
+    """
+    files = sorted(p for p in (mirror / "objects").rglob("*") if p.is_file())
+    files = [p for p in files if p.parent.name not in ("info",)]
+    for p in files[::2]:
+        size = p.stat().st_size
+        p.chmod(0o644)
+        p.unlink()
+        p.write_bytes(random.Random(str(p)).randbytes(max(16, size // 2)))
+    return len(files[::2])

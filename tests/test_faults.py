@@ -36,7 +36,7 @@ import httpx
 import pytest
 
 from indexer.git import GitRepo
-from tests.fault_support import FaultStack, fault_stack, fresh_snapshot, wait_for
+from tests.fault_support import FaultStack, corrupt, fault_stack, fresh_snapshot, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -171,22 +171,6 @@ def test_index_unwritable_for_a_while_then_the_run_converges(
 
 
 # ----------------------------------------------------------------------------- 2. mirror
-def corrupt(mirror: Path) -> int:
-    """Replace every other object file of ``mirror`` with garbage; returns how many.
-
-    Unlink first, then write: a local clone hard-links its objects with the remote's, and
-    writing through the link would corrupt "GitLab's" copy as well.
-    """
-    files = sorted(p for p in (mirror / "objects").rglob("*") if p.is_file())
-    files = [p for p in files if p.parent.name not in ("info",)]
-    for p in files[::2]:
-        size = p.stat().st_size
-        p.chmod(0o644)
-        p.unlink()
-        p.write_bytes(random.Random(str(p)).randbytes(max(16, size // 2)))
-    return len(files[::2])
-
-
 def test_corrupt_mirror_is_recloned_and_the_push_indexed(
     stack: FaultStack, tmp_path: Path, embedder: Any
 ):
