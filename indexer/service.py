@@ -461,14 +461,14 @@ def _count_redactions(report: IndexReport, path: str, found: Sequence[Finding]) 
     for kind, n in kinds.items():
         report.secrets_redacted[kind] += n
         SECRETS_REDACTED.labels(kind=kind).inc(n)
-    log.warning(
+    log.info(
         "secrets redacted",
         extra={
             "repo": report.repo,
             "path": path,
-            # "kind=count" strings, not a dict: the log redactor masks any key named like
-            # a credential ("token", "password"), which would hide the kind itself
-            "kinds": [f"{k}={n}" for k, n in sorted(kinds.items())],
+            # {"kind", "count"} items, not {kind: count}: the log redactor masks the value of
+            # any key named like a credential ("token", "password") and any "token=..." text
+            "kinds": [{"kind": k, "count": n} for k, n in sorted(kinds.items())],
             "lines": sorted({f.line for f in found}),
         },
     )
