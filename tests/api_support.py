@@ -113,9 +113,12 @@ def index_repos(runtime: Any, repos: dict[str, Path]) -> None:
 
 
 @contextmanager
-def running_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) until the block ends."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
+def running_server(app: Any, port: int = 0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 until the block ends: on a free port, or on
+    ``port`` when the app must know its own URL beforehand (``public_url`` for hooks)."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

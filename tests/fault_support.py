@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 
 from coderag.settings import Settings
+from tests.api_support import running_server
 from tests.gitlab_mock import FakeGitLab
 from tests.ingest_support import Remote, payload, snapshot
 from tests.standin import connect, free_port, start_standin
@@ -292,7 +292,6 @@ def fault_stack(
     tmp: Path, model_dir: Path, embedder: Any, *, aof: bool = False
 ) -> Iterator[FaultStack]:
     """Start everything (worker warming up while the API starts), tear it all down after."""
-    import uvicorn
 
     from coderag.app import create_app
     from coderag.index.server import ServerIndex
@@ -302,7 +301,6 @@ def fault_stack(
     redis_server.start()
     st = FaultStack(tmp, redis_server, model_dir)
     standin, st.standin_addr = start_standin(tmp / "qdrant", st.standin_key)
-    server = thread = None
     st.gitlab = FakeGitLab(GL_TOKEN).__enter__()
     try:
         st.start_worker()
@@ -327,26 +325,11 @@ def fault_stack(
         )
         rt.embedder = rt.indexer.embedder = rt.retriever.embedder = embedder
         st.app = create_app(settings, runtime=rt)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                st.app,
-                host="127.0.0.1",
-                port=api_port,
-                log_level="warning",
-                lifespan="on",
-                access_log=False,
-            )
-        )
-        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-        thread.start()
-        wait_for(lambda: server.started, 30, "uvicorn")
-        st.http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
-        yield st
-        st.http.close()
+        with running_server(st.app, port=api_port) as url:
+            st.http = httpx.Client(base_url=url, timeout=30)
+            yield st
+            st.http.close()
     finally:
-        if server is not None:
-            server.should_exit = True
-            thread.join(timeout=10)
         st.stop_worker()
         standin.terminate()
         standin.wait(timeout=10)

@@ -15,11 +15,11 @@ way Continue reads them, through ``POST /v1/continue/context``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +31,7 @@ import pytest
 
 from coderag.index import SearchFilter
 from coderag.settings import Settings
+from tests.api_support import running_server
 from tests.gitlab_mock import FakeGitLab
 from tests.ingest_support import NULL_SHA, Remote, payload, snapshot
 from tests.standin import connect, free_port, start_standin
@@ -149,7 +150,6 @@ def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model_dir: Path
 ) -> Iterator[Stack]:
     import redis
-    import uvicorn
 
     from coderag.app import create_app
     from coderag.index.server import ServerIndex
@@ -176,7 +176,7 @@ def stack(
     }
     worker_log = tmp / "worker.log"
     worker = None
-    server = thread = None
+    exits = contextlib.ExitStack()
     gitlab = FakeGitLab(GL_TOKEN).__enter__()
     try:
         with worker_log.open("wb") as log_fh:  # the child keeps its own descriptor
@@ -212,19 +212,7 @@ def stack(
         )
         rt.embedder = rt.indexer.embedder = rt.retriever.embedder = embedder
         app = create_app(settings, runtime=rt)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=api_port,
-                log_level="warning",
-                lifespan="on",
-                access_log=False,
-            )
-        )
-        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-        thread.start()
-        _wait(lambda: server.started, 30, "uvicorn")
+        exits.enter_context(running_server(app, port=api_port))
         http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30)
 
         # Turn indexing on, as a repo owner would: POST /v1/repos (hook created on "GitLab").
@@ -253,9 +241,7 @@ def stack(
         yield st
         http.close()
     finally:
-        if server is not None:
-            server.should_exit = True
-            thread.join(timeout=10)
+        exits.close()
         if worker is not None:
             worker.terminate()  # warm shutdown; the interpreter's own exit (torch, OpenVINO
             try:  # thread pools) is not what this test is about: do not wait for it long
