@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import pytest
 from coderag.index import SearchFilter
 from coderag.settings import Settings
 from tests.api_support import running_server
+from tests.fault_support import wait_for
 from tests.gitlab_mock import FakeGitLab
 from tests.ingest_support import NULL_SHA, Remote, payload, snapshot
 from tests.standin import connect, free_port, start_standin
@@ -72,15 +73,7 @@ def convert_with_cached_fx_rate(amount, currency, rates):
 '''
 
 
-def _wait(cond: Callable[[], Any], timeout: float, what: str, log: Path | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    tail = log.read_text()[-4000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
+_wait = wait_for
 
 
 class Stack:
