@@ -2,8 +2,9 @@
 
 GitLab waits 10 s for an answer, then retries and eventually disables the hook, so this
 handler does only cheap things: bounded body read, JSON + model validation, one registry
-read, a constant-time token check, one de-duplication claim and one submit. The run itself
-happens in a worker (distributed) or the embedded executor.
+read, a constant-time token check, one de-duplication check, one submit, and remembering the
+delivery key once the push is recorded. The run itself happens in a worker (distributed) or
+the embedded executor.
 
 Answers, all JSON (errors as ``{"error_code", "detail"}``):
 
@@ -285,13 +286,13 @@ def _accept(request: Request, event: Any, received_at: float) -> JSONResponse:
 
     key = (request.headers.get("idempotency-key") or "").strip()  # its length: in _handle
     dedupe = _deduper(request) if key else None
-    claim = f"{repo_id}:{key}"
-    if dedupe is not None and dedupe.seen(claim):
+    seen_key = f"{repo_id}:{key}"
+    if dedupe is not None and dedupe.seen(seen_key):
         return JSONResponse({"status": "duplicate"}, status_code=200)
     task_id = state.dispatcher.submit_push(repo_id, decision.branch, decision.sha, received_at)
     if dedupe is not None:
         try:
-            dedupe.remember(claim)
+            dedupe.remember(seen_key)
         except TransientError as exc:  # recorded anyway; a retry would only fold into it
             log.warning("webhook key not remembered", extra={"repo": repo_id, "error": str(exc)})
     deleted = set(decision.sha) == {"0"}
