@@ -109,8 +109,6 @@ class Coordinator(Protocol):
     def pending_branches(self) -> list[tuple[str, str]]:
         """(repo, branch) of every pending entry."""
 
-    def is_scheduled(self, repo: str, branch: str) -> bool: ...
-
     def schedule_age(self, repo: str, branch: str) -> float | None:
         """Seconds since the flag's task was confirmed queued; ``None`` without a confirmed
         flag (no flag, or a lease that lapses by itself)."""
@@ -195,7 +193,7 @@ class RedisCoordinator:
                     return None
                 current = self.r.get(key)
                 if current is not None:
-                    return current.decode() if isinstance(current, bytes) else str(current)
+                    return _s(current)
         return None  # pragma: no cover - the flag flapped three times: treat as won
 
     def confirm_schedule(self, repo: str, branch: str, task_id: str) -> None:
@@ -266,10 +264,6 @@ class RedisCoordinator:
                 if sep:
                     out.append((repo, branch))
         return sorted(out)
-
-    def is_scheduled(self, repo: str, branch: str) -> bool:
-        with self._errors():
-            return bool(self.r.exists(self._k("scheduled", repo, branch)))
 
     def schedule_age(self, repo: str, branch: str) -> float | None:
         with self._errors():
@@ -373,11 +367,6 @@ class MemoryCoordinator:
     def pending_branches(self) -> list[tuple[str, str]]:
         with self._mu:
             return sorted(self._pending)
-
-    def is_scheduled(self, repo: str, branch: str) -> bool:
-        with self._mu:
-            cur = self._scheduled.get((repo, branch))
-            return cur is not None and cur[1] > time.monotonic()
 
     def schedule_age(self, repo: str, branch: str) -> float | None:
         with self._mu:

@@ -49,13 +49,7 @@ def recover_orphans(dispatcher: Rescheduler, stale_after: float) -> dict[str, st
     coord = dispatcher.coordinator
     queued: dict[str, str] = {}
     for repo, branch in coord.pending_branches():
-        if coord.is_locked(repo, branch):
-            continue  # a live run will take it
-        if coord.is_scheduled(repo, branch):
-            age = coord.schedule_age(repo, branch)
-            if age is None or age < stale_after:
-                continue  # a queued task will take it
-        try:
+        try:  # a no-op while a live run or a task queued less than stale_after ago has it
             task_id = dispatcher.reschedule(repo, branch, stale_after=stale_after)
         except CoderagError as exc:  # broker down: the next sweep tries again
             log.warning("recovery of %s:%s failed: %s", repo, branch, exc)
