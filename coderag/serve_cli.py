@@ -20,6 +20,7 @@ embedded mode, and prints JSON:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -264,6 +266,33 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, port: int = 0, *, start_timeout: float = 120.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 in a thread of this process until the block
+    ends; yields the base URL. ``port=0`` takes a free port; a fixed one is for apps that
+    must know their own URL beforehand (``public_url`` for GitLab hooks). In-process serving
+    shares this process's warmed model, which is what benches and tests of the API want."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="coderag-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -8,16 +8,12 @@ indexed themselves.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
+from coderag.serve_cli import serve_in_thread
 from tests.conftest import git
 
 ALPHA = "group/alpha"
@@ -112,27 +108,10 @@ def index_repos(runtime: Any, repos: dict[str, Path]) -> None:
     index(runtime.indexer, repos[BETA], BETA, "main")
 
 
-@contextmanager
-def running_server(app: Any, port: int = 0) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 until the block ends: on a free port, or on
-    ``port`` when the app must know its own URL beforehand (``public_url`` for hooks)."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+def running_server(app: Any, port: int = 0) -> AbstractContextManager[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port, or ``port``) until the block
+    ends: :func:`coderag.serve_cli.serve_in_thread`, given a minute to start."""
+    return serve_in_thread(app, port, start_timeout=60)
 
 
 @dataclass

@@ -36,7 +36,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -228,34 +227,13 @@ class Target:
         return env
 
 
-def _wait_started(server: Any, thread: threading.Thread, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-
-
 @contextlib.contextmanager
 def _in_process(runtime: Any) -> Iterator[str]:
-    import uvicorn
-
     from coderag.app import create_app
+    from coderag.serve_cli import serve_in_thread
 
-    app = create_app(runtime.settings, runtime=runtime)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, lifespan="on", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
-    thread.start()
-    _wait_started(server, thread)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    with serve_in_thread(create_app(runtime.settings, runtime=runtime)) as base:
+        yield base
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -359,11 +337,11 @@ def marker_found(client: Any, repo_id: str, marker: str) -> bool:
 
 
 def pct(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile, rounded to 0.01 (``None`` for no values)."""
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))], 2)
+    """Nearest-rank percentile, rounded to 0.01 (``None`` for no values, which JSON can say
+    and ``NaN`` it cannot)."""
+    from coderag.serve_cli import _pct
+
+    return _pct(values, q) if values else None
 
 
 def latency_summary(ms: list[float]) -> dict[str, float | None]:
