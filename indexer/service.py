@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -455,9 +455,7 @@ def _resolve_commit(git: GitRepo, branch: str, commit: str | None) -> str:
 def _count_redactions(report: IndexReport, path: str, found: Sequence[Finding]) -> None:
     """Report, count and log the secrets removed from one file: the path, kinds and lines
     (so the owner can rotate them), never the values."""
-    kinds: dict[str, int] = defaultdict(int)
-    for f in found:
-        kinds[f.kind] += 1
+    kinds = Counter(f.kind for f in found)
     for kind, n in kinds.items():
         report.secrets_redacted[kind] += n
         SECRETS_REDACTED.labels(kind=kind).inc(n)
