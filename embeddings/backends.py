@@ -345,8 +345,8 @@ class LoadedModel:
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 """OpenVINO computes in bf16 on CPUs that have it (AVX512-BF16, AMX) unless told otherwise.
 Vectors must not depend on which CPU a worker or API replica landed on (documents embedded on
-one, queries on another), and bf16 moved them by up to 5e-4 per dimension against torch, so
-inference precision is pinned to f32 everywhere."""
+one, queries on another), and under bf16 one text embedded in a batch and alone differed by
+up to 5e-4 per dimension, so inference precision is pinned to f32 everywhere."""
 
 
 def _load_st(path: Path, device: str, backend: str = "torch", **kwargs: Any) -> Any:
