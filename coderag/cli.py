@@ -194,13 +194,13 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """What is indexed: repos, branches, commits, chunk counts."""
-    from coderag.index import SearchFilter
+    from coderag.index import SearchFilter, branch_state_prefix
     from coderag.runtime import build_runtime
 
     settings = _settings(data_dir)
     with build_runtime(settings) as rt:
         rt.warm_up()
-        states = rt.index.list_state("branch/")
+        states = rt.index.list_state(branch_state_prefix())
         rows = []
         for st in states.values():
             n = rt.index.count(SearchFilter(repos=[st["repo"]], branch=st["branch"]))

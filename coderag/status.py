@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from coderag.index import SearchFilter, VectorIndex
+from coderag.index import SearchFilter, VectorIndex, branch_state_prefix
 
 __all__ = ["branch_lag_seconds", "branch_states", "pending_push", "repo_status"]
 
@@ -31,8 +31,7 @@ def branch_states(index: VectorIndex, repo: str | None = None) -> dict[tuple[str
     ``a`` branch ``b/c``), so the record's own ``repo`` field decides.
     """
     out: dict[tuple[str, str], dict] = {}
-    prefix = f"branch/{repo}/" if repo else "branch/"
-    for st in index.list_state(prefix).values():
+    for st in index.list_state(branch_state_prefix(repo)).values():
         r, b = st.get("repo"), st.get("branch")
         if r and b and (repo is None or r == repo):
             out[(str(r), str(b))] = dict(st)

@@ -152,7 +152,7 @@ def _run_once(ctx: JobContext, rec: RepoRecord, branch: str, p: Pending) -> dict
     else:
         mirror = ctx.mirror(rec)
         if p.full:  # forget the indexed commit: scan the whole tree instead of a diff
-            from indexer.service import branch_state_key
+            from coderag.index import branch_state_key
 
             ctx.runtime.index.set_state(branch_state_key(rec.id, branch), None)
         try:

@@ -27,14 +27,21 @@ from chunkers import FileChunker, PathFilter
 from chunkers.secrets import Finding
 from chunkers.skip import check_path
 from coderag.errors import InputError, NotFoundError
-from coderag.index import IndexPoint, SearchFilter, VectorIndex, ancestor_dirs
+from coderag.index import (
+    ChunkPayload,
+    IndexPoint,
+    SearchFilter,
+    VectorIndex,
+    branch_state_key,
+    branch_state_prefix,
+)
 from coderag.metrics import CHUNKS_EMBEDDED, SECRETS_REDACTED
 from coderag.models import Chunk, SkippedFile
 from embeddings import Embedder, sparse_document
 from indexer.git import GitRepo
 from indexer.sources import DirSource, GitSource, SourceFile
 
-__all__ = ["INDEX_FORMAT", "IndexReport", "IndexService", "ProgressFn", "branch_state_key"]
+__all__ = ["INDEX_FORMAT", "IndexReport", "IndexService", "ProgressFn"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +53,6 @@ ProgressFn = Callable[[str, int, int], None]
 
 _GROUP_CHUNKS = 2048  # chunks embedded + written per group: bounds memory on huge repos
 
-
-def branch_state_key(repo: str, branch: str) -> str:
-    return f"branch/{repo}/{branch}"
 
 
 @dataclass
@@ -273,7 +277,7 @@ class IndexService:
         self.store.delete_where(SearchFilter(repos=[repo]))
         # The prefix also lists repos nested under this one's path ("g/b" -> "g/b/sub"):
         # the record's own repo field decides, or removing one repo resets another's state.
-        for key, st in self.store.list_state(f"branch/{repo}/").items():
+        for key, st in self.store.list_state(branch_state_prefix(repo)).items():
             if st.get("repo") == repo:
                 self.store.set_state(key, None)
         self.store.flush()
@@ -394,7 +398,7 @@ class IndexService:
                     id=c.id,
                     dense=vec.tolist(),
                     sparse=sparse_document(_sparse_text(c), c.path),
-                    payload=_payload(c, branches),
+                    payload=ChunkPayload.from_chunk(c, branches).to_dict(),
                 )
             )
         for i in range(0, len(points), self.write_batch):
@@ -472,21 +476,6 @@ def _count_redactions(report: IndexReport, path: str, found: Sequence[Finding]) 
     )
 
 
-def _payload(c: Chunk, branches: list[str]) -> dict[str, Any]:
-    return {
-        "repo": c.repo,
-        "branches": branches,
-        "path": c.path,
-        "dirs": ancestor_dirs(c.path),
-        "language": c.language,
-        "symbol": c.symbol,
-        "kind": c.kind,
-        "start_line": c.start_line,
-        "end_line": c.end_line,
-        "hash": c.text_hash,
-        "commit": c.commit,
-        "text": c.text,
-    }
 
 
 def _sparse_text(c: Chunk) -> str:

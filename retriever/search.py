@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from coderag.errors import InputError
-from coderag.index import ScoredRecord, SearchFilter, VectorIndex
+from coderag.index import ChunkPayload, ScoredRecord, SearchFilter, VectorIndex
 from coderag.models import Hit
 from embeddings import Embedder, sparse_query
 from retriever.query import ParsedQuery, parse_query
@@ -196,20 +196,20 @@ def _diversify(hits: list[Hit], per_file: int, k: int) -> list[Hit]:
 
 
 def record_to_hit(rec: ScoredRecord, score: float) -> Hit:
-    p = rec.payload
+    p = ChunkPayload.from_dict(rec.payload)
     return Hit(
         id=rec.id,
         score=float(score),
-        repo=str(p.get("repo", "")),
-        path=str(p.get("path", "")),
-        language=str(p.get("language", "")),
-        start_line=int(p.get("start_line", 0)),
-        end_line=int(p.get("end_line", 0)),
-        text=str(p.get("text", "")),
-        kind=str(p.get("kind", "block")),
-        symbol=str(p.get("symbol", "")),
-        branches=tuple(p.get("branches") or ()),
-        commit=str(p.get("commit", "")),
+        repo=p.repo,
+        path=p.path,
+        language=p.language,
+        start_line=p.start_line,
+        end_line=p.end_line,
+        text=p.text,
+        kind=p.kind,
+        symbol=p.symbol,
+        branches=p.branches,
+        commit=p.commit,
     )
 
 

@@ -21,6 +21,7 @@ from coderag.index.base import (
     ancestor_dirs,
 )
 from coderag.index.filters import compile_globs, glob_match
+from coderag.index.payload import ChunkPayload, branch_state_key, branch_state_prefix
 
 if TYPE_CHECKING:
     from coderag.index.edge import EdgeIndex
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DENSE",
+    "ChunkPayload",
     "INDEXED_FIELDS",
     "SPARSE",
     "EdgeIndex",
@@ -39,6 +41,8 @@ __all__ = [
     "SparseVec",
     "VectorIndex",
     "ancestor_dirs",
+    "branch_state_key",
+    "branch_state_prefix",
     "compile_globs",
     "glob_match",
     "open_index",
