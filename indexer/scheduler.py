@@ -42,7 +42,6 @@ __all__ = [
     "reindex_repo",
     "remove_repo",
     "run_branch",
-    "tag_label",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,12 +50,6 @@ RETRYABLE: tuple[type[CoderagError], ...] = (TransientError, GitError, IndexErro
 """Errors worth retrying with backoff: broker/Redis hiccups, a fetch that failed, the index
 briefly unavailable. Anything else (a commit that no longer exists, bad config) is recorded
 on the repo and not retried."""
-
-
-def tag_label(tag: str) -> str:
-    """The ``branches`` label of an indexed tag. ``:`` is illegal in git ref names, so a tag
-    label can never collide with a branch name."""
-    return f"tag:{tag}"
 
 
 class BranchBusy(Exception):  # a signal, not an error

@@ -38,10 +38,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from coderag.errors import CoderagError, TransientError
+from coderag.index import tag_label
 from coderag.metrics import WEBHOOK_EVENTS
 from coderag.repos import RepoRecord, RepoRegistry
 from coderag.settings import Settings
-from indexer.scheduler import tag_label
 from webhooks.dedupe import Deduper, deduper_for
 from webhooks.events import (
     EVENT_MERGE_REQUEST,

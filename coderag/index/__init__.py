@@ -21,7 +21,12 @@ from coderag.index.base import (
     ancestor_dirs,
 )
 from coderag.index.filters import compile_globs, glob_match
-from coderag.index.payload import ChunkPayload, branch_state_key, branch_state_prefix
+from coderag.index.payload import (
+    ChunkPayload,
+    branch_state_key,
+    branch_state_prefix,
+    tag_label,
+)
 
 if TYPE_CHECKING:
     from coderag.index.edge import EdgeIndex
@@ -46,6 +51,7 @@ __all__ = [
     "compile_globs",
     "glob_match",
     "open_index",
+    "tag_label",
 ]
 
 _LAZY = {

@@ -20,9 +20,15 @@ from coderag.index.base import ancestor_dirs
 if TYPE_CHECKING:
     from coderag.models import Chunk
 
-__all__ = ["ChunkPayload", "branch_state_key", "branch_state_prefix"]
+__all__ = ["ChunkPayload", "branch_state_key", "branch_state_prefix", "tag_label"]
 
 _STATE_BRANCH = "branch/"
+
+
+def tag_label(tag: str) -> str:
+    """The ``branches`` label of an indexed tag. ``:`` is illegal in git ref names, so a tag
+    label can never collide with a branch name."""
+    return f"tag:{tag}"
 
 
 def branch_state_key(repo: str, branch: str) -> str:
