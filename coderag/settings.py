@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     recovery_interval_seconds: float = Field(default=30.0, ge=0)
     """Seconds between a worker's sweeps for orphaned pushes (a pending commit that no queued
     task and no live run will index, e.g. after a worker was killed or a task was lost with a
-    Redis outage); 0 turns the sweep off. See :mod:`indexer.recovery`."""
+    Redis outage); 0 turns the sweep off. See :mod:`indexer.queue.recovery`."""
     recovery_stale_seconds: float = Field(default=600.0, ge=1.0)
     """Age past which the sweep stops trusting a branch's "run scheduled" flag and queues a
     run anyway (its task may sit in a dead consumer's unacked set until the broker's

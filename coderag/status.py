@@ -86,7 +86,7 @@ def repo_status(
     repo: str,
     now: float | None = None,
 ) -> dict[str, Any] | None:
-    """Status of ``repo`` (see :class:`retriever.api.RepoStatus` for the fields), or None when
+    """Status of ``repo`` (see :class:`coderag.api.repos.RepoStatus` for the fields), or None when
     neither the index nor the registry knows it."""
     now = time.time() if now is None else now
     rec = _record_dict(registry.get(repo)) if registry is not None else None

@@ -34,6 +34,7 @@ from embeddings.backends import (
     ModelSource,
     check_source,
     load_model,
+    offline_hub,
     resolve_model,
 )
 from embeddings.cache import EmbeddingCache, text_key
@@ -401,9 +402,7 @@ class Embedder:
 
 
 def _load_tokenizer(src: ModelSource) -> Any:
-    from embeddings.backends import _offline
-
-    _offline()
+    offline_hub()
     check_source(src)
     from transformers import AutoTokenizer
 

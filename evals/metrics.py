@@ -1,7 +1,8 @@
 """Ranking metrics, exactly as the benchmark README defines them.
 
-Kept free of any coderag import so the figures can be checked by hand: a metric that is wrong
-silently makes every later tuning decision wrong.
+Kept free of anything but the kernel's :mod:`coderag.stats` (itself dependency-free) so the
+figures can be checked by hand: a metric that is wrong silently makes every later tuning
+decision wrong.
 
 Definitions (one query, ``ranked`` = retrieved ids best first, ``gold`` = relevant ids):
 
@@ -15,13 +16,15 @@ Definitions (one query, ``ranked`` = retrieved ids best first, ``gold`` = releva
 - ``acc@k``: 1 when *all* gold items are in the top k, else 0 (LocAgent's file-level Acc@k).
 
 Per-query values are fractions in [0, 1]; :func:`aggregate` reports means as percentages
-rounded to two decimals (the unit of every figure in DESIGN.md and the benchmark README).
+rounded to two decimals (the unit of every figure in the benchmark README).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from coderag import stats
 
 __all__ = [
     "KS",
@@ -98,25 +101,20 @@ def aggregate(per_query: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), linear interpolation between order statistics.
+    """The q-th percentile (0-100), linear interpolation between order statistics; 0.0 for
+    no values.
 
-    Same convention as ``numpy.percentile``'s default, written out to keep this module free of
-    dependencies and obviously correct.
+    Same convention as ``numpy.percentile``'s default (``coderag.stats.percentile`` with
+    ``method="linear"``): evaluation reports have always given latency that way.
     """
     if not values:
         return 0.0
-    if not 0.0 <= q <= 100.0:
-        raise ValueError("q must be within [0, 100]")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return stats.percentile(values, q, method="linear")
 
 
 def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
     """p50 and p95 in milliseconds, rounded to 2 decimals."""
     return {
-        "p50": round(percentile(latencies_ms, 50), 2),
-        "p95": round(percentile(latencies_ms, 95), 2),
+        name: float(value or 0.0)
+        for name, value in stats.summarize(latencies_ms, (50, 95), method="linear").items()
     }

@@ -1,4 +1,4 @@
-"""The retrieval API: search, assembled context, the Continue contract, repo status.
+"""The retrieval API: search, assembled context, the Continue contract.
 
 Routes (all under ``/v1``, all behind :func:`coderag.auth.require_principal`):
 
@@ -8,9 +8,8 @@ Routes (all under ``/v1``, all behind :func:`coderag.auth.require_principal`):
     The same search, merged into code regions within a token budget
     (:func:`retriever.context.assemble`): what the LiteLLM hook injects.
 ``POST /v1/continue/context``
-    Continue's ``http`` context provider, exactly as DESIGN.md "Contracts" pins it.
-``GET /v1/repos/{repo}/status``
-    Indexed commit, chunks, lag and last run per branch.
+    Continue's ``http`` context provider: the body Continue POSTs, answered with the list of
+    context items it reads (``name``, ``description``, ``content``, ``uri``).
 
 Every read goes through the token's scope (:meth:`coderag.auth.Principal.scope`): a repo
 outside it is a 403, no repo means "the token's repos", never "everything".
@@ -35,22 +34,19 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from coderag.api.errors import ERROR_RESPONSES
 from coderag.auth import Principal, require_principal
-from coderag.errors import CoderagError, ForbiddenError, NotFoundError, TransientError
+from coderag.errors import CoderagError, TransientError
 from coderag.metrics import QUERY_LATENCY, SEARCH_RESULTS
 from coderag.models import Hit
-from coderag.repos import RepoIdPath
 from retriever.context import ContextBlock, approx_tokens, assemble
 
 __all__ = [
-    "ERROR_RESPONSES",
     "ContextRequest",
     "ContextResponse",
     "ContinueItem",
     "ContinueOptions",
     "ContinueRequest",
-    "ErrorResponse",
-    "RepoStatus",
     "SearchRequest",
     "SearchResponse",
     "SearchResult",
@@ -64,30 +60,6 @@ audit_log = logging.getLogger("coderag.audit")
 Mode = Literal["hybrid", "dense", "lexical"]
 MAX_QUERY_CHARS = 20_000
 MAX_FULL_INPUT_CHARS = 2_000_000
-
-
-# --- the one error shape --------------------------------------------------------------------
-
-
-class ErrorResponse(BaseModel):
-    """Every error the API returns: a stable machine code and a human sentence."""
-
-    error_code: str = Field(examples=["forbidden"])
-    detail: str = Field(examples=["token 3f2a9c1b0e4d may not read: group/other"])
-
-
-def _err(description: str) -> dict[str, Any]:
-    return {"model": ErrorResponse, "description": description}
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _err("Invalid input (empty query, bad path glob)."),
-    401: _err("Missing or invalid bearer token."),
-    403: _err("The token's scope does not cover a requested repository."),
-    422: _err("The request body or parameters do not match the schema."),
-    500: _err("Internal error (details are in the server log, never in the response)."),
-    503: _err("The index or the embedding model is unavailable."),
-}
 
 
 # --- shared validation ----------------------------------------------------------------------
@@ -249,7 +221,8 @@ class ContinueOptions(BaseModel):
 
 
 class ContinueRequest(BaseModel):
-    """What Continue's ``http`` context provider POSTs (DESIGN.md, "Contracts")."""
+    """What Continue's ``http`` context provider POSTs: ``query``, ``fullInput``, the
+    provider's ``options`` and the editor's ``workspacePath``."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -280,34 +253,6 @@ class ContinueItem(BaseModel):
     description: str
     content: str
     uri: ContinueUri
-
-
-# --- repo status ----------------------------------------------------------------------------
-
-
-class BranchStatus(BaseModel):
-    branch: str
-    commit: str | None = Field(description="Indexed commit (None: never indexed yet).")
-    indexed_at: float | None = Field(description="Unix time the commit became searchable.")
-    chunks: int
-    pending_commit: str | None = Field(description="Newest pushed commit not yet indexed.")
-    pending_pushes: int
-    lag_seconds: float = Field(description="Since the oldest push still waiting (0: none).")
-    last_run_at: float | None
-    last_run_seconds: float | None
-    last_push_to_indexed_seconds: float | None
-    last_error: str | None
-
-
-class RepoStatus(BaseModel):
-    repo: str
-    registered: bool = Field(description="Indexing enabled through the repo registry.")
-    branch_patterns: list[str]
-    chunks: int
-    branches: list[BranchStatus]
-    last_run: dict[str, Any] | None
-    last_error: str | None
-    lag_seconds: float
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -556,32 +501,3 @@ def continue_context(
             )
         )
     return items
-
-
-@router.get(
-    "/repos/{repo:path}/status",
-    response_model=RepoStatus,
-    summary="Indexing status of a repository",
-    tags=["repos"],
-    responses={404: _err("Neither the index nor the registry knows this repository.")},
-)
-def repo_status(
-    request: Request,
-    principal: PrincipalDep,
-    repo: RepoIdPath,
-) -> RepoStatus:
-    """Per branch: indexed commit, chunks, pending push and lag, last run and its error."""
-    from coderag.status import repo_status as compute
-
-    if not principal.can_read(repo):
-        raise ForbiddenError(f"token {principal.token_id} may not read: {repo}")
-    rt = _runtime(request)
-    st = compute(
-        rt.index,
-        getattr(request.app.state, "registry", None),
-        getattr(request.app.state, "dispatcher", None),
-        repo,
-    )
-    if st is None:
-        raise NotFoundError(f"repository {repo!r} is neither indexed nor registered")
-    return RepoStatus.model_validate(st)

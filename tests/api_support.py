@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coderag.serve_cli import serve_in_thread
+from bench.support import serve_in_thread
 from tests.conftest import git
 
 ALPHA = "group/alpha"
@@ -110,7 +110,7 @@ def index_repos(runtime: Any, repos: dict[str, Path]) -> None:
 
 def running_server(app: Any, port: int = 0) -> AbstractContextManager[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 (a free port, or ``port``) until the block
-    ends: :func:`coderag.serve_cli.serve_in_thread`, given a minute to start."""
+    ends: :func:`bench.support.serve_in_thread`, given a minute to start."""
     return serve_in_thread(app, port, start_timeout=60)
 
 

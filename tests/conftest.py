@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = Path(__file__).resolve().parent / "data"
+"""Small public data the tests read, committed (each folder's README.md: source, licence)."""
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +86,7 @@ def api_server(tmp_path_factory: pytest.TempPathFactory, embedder, model_dir: Pa
     (group/alpha on main and feature/x, group/beta on main), with auth on."""
     import secrets
 
-    from coderag.app import create_app
+    from coderag.api import create_app
     from coderag.runtime import build_runtime
     from coderag.settings import Settings
     from tests.api_support import ALPHA, BETA, ApiServer, index_repos, make_repos, running_server

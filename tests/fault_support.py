@@ -1,7 +1,7 @@
 """Test-only: the distributed stack of ``tests/test_webhooks_e2e.py``, built per fault test on
-its **own** redis-server (so killing or restarting Redis disturbs nobody else), with handles
-to break each part: the worker process, Redis, the index (the stand-in's write switch) and
-the worker's git mirrors.
+its **own** redis-server (:class:`tests.redis_support.RedisServer`, so killing or restarting
+Redis disturbs nobody else), with handles to break each part: the worker process, Redis, the
+index (the stand-in's write switch) and the worker's git mirrors.
 
 Pieces, all real: a private ``redis-server`` on a free loopback port (broker, coordination,
 de-duplication); the Qdrant stand-in process (``tests/standin.py``); a Celery worker process
@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,9 +29,10 @@ from coderag.settings import Settings
 from tests.api_support import running_server
 from tests.gitlab_mock import FakeGitLab
 from tests.ingest_support import Remote, payload, snapshot
+from tests.redis_support import RedisServer
 from tests.standin import connect, free_port, start_standin
 
-__all__ = ["FaultStack", "RedisServer", "corrupt", "fault_stack", "fresh_snapshot", "wait_for"]
+__all__ = ["FaultStack", "corrupt", "fault_stack", "fresh_snapshot", "wait_for"]
 
 ROOT = Path(__file__).resolve().parents[1]
 GL_TOKEN = "glpat-faultTestToken0123456789"
@@ -57,57 +56,6 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, log: Path | Non
         time.sleep(0.05)
     tail = log.read_text(errors="replace")[-6000:] if log and log.exists() else ""
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
-
-
-class RedisServer:
-    """One ``redis-server`` process on a free port, its data in ``root``.
-
-    ``aof=True`` runs it as ``docker/compose.yaml`` does (``--appendonly yes --appendfsync
-    everysec``): what it acknowledged survives a restart.
-    """
-
-    def __init__(self, root: Path, *, aof: bool) -> None:
-        self.root = root
-        self.aof = aof
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        root.mkdir(parents=True, exist_ok=True)
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> None:
-        cmd = [
-            shutil.which("redis-server") or "redis-server",
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.root),
-            "--save", "",
-            "--appendonly", "yes" if self.aof else "no",
-            "--appendfsync", "everysec",
-            "--logfile", str(self.root / "redis.log"),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.ping, 10, f"redis-server on port {self.port}")
-
-    def ping(self) -> bool:
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    def stop(self, *, kill: bool = False) -> None:
-        """SIGTERM (a clean shutdown: ``docker restart``) or SIGKILL (a crash)."""
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        self.proc.wait(timeout=20)
-        self.proc = None
 
 
 class FaultStack:
@@ -293,7 +241,7 @@ def fault_stack(
 ) -> Iterator[FaultStack]:
     """Start everything (worker warming up while the API starts), tear it all down after."""
 
-    from coderag.app import create_app
+    from coderag.api import create_app
     from coderag.index.server import ServerIndex
     from coderag.runtime import build_runtime
 

@@ -18,7 +18,7 @@ def main() -> None:
     from coderag.index.server import ServerIndex
     from coderag.runtime import build_runtime
     from coderag.settings import Settings
-    from indexer.celery_app import QUEUES, context_for, create_celery, install_context
+    from indexer.queue import QUEUES, context_for, create_celery, install_context
     from tests.standin import connect
 
     settings = Settings()

@@ -220,7 +220,7 @@ def test_openapi_documents_one_error_shape(client: httpx.Client):
 
 
 def test_readyz_fails_when_the_index_is_closed(tmp_path: Path, embedder: Any, model_dir: Path):
-    from coderag.app import create_app
+    from coderag.api import create_app
     from coderag.runtime import build_runtime
     from coderag.settings import Settings
 
@@ -242,15 +242,16 @@ def test_readyz_fails_when_the_index_is_closed(tmp_path: Path, embedder: Any, mo
 def test_readyz_checks_redis_in_distributed_mode(tmp_path: Path, embedder: Any, model_dir: Path):
     import socket
 
-    from coderag.app import create_app
+    from coderag.api import create_app
     from coderag.runtime import build_runtime
     from coderag.settings import Settings
+    from tests import redis_support
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # nothing listens there once closed
     for redis_url, ready in (
-        ("redis://127.0.0.1:6379/14", True),
+        (redis_support.redis_url(14), True),
         (f"redis://127.0.0.1:{dead}/0", False),
     ):
         settings = Settings(

@@ -79,7 +79,7 @@ def fuzz_server(
     """The app as a shared server runs it: auth on, GitLab configured (mocked), alpha
     registered. Its own runtime: generated admin requests register and delete repositories,
     which must not leak into the session's ``api_server``."""
-    from coderag.app import create_app
+    from coderag.api import create_app
     from coderag.repos import RepoRecord, hash_secret
     from coderag.runtime import build_runtime
     from coderag.settings import Settings

@@ -1,4 +1,4 @@
-"""The Continue ``http`` context provider contract (DESIGN.md, "Contracts"), over HTTP."""
+"""The Continue ``http`` context provider contract, over HTTP."""
 
 from __future__ import annotations
 

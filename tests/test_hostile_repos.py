@@ -421,7 +421,7 @@ def test_a_plain_folder_with_hostile_names_and_links(tmp_path: Path, rt: Runtime
 def test_a_hostile_push_through_the_webhook_leaves_the_service_healthy(
     tmp_path: Path, embedder: Any, model_dir: Path
 ):
-    from coderag.app import create_app
+    from coderag.api import create_app
 
     remote = Remote(tmp_path / "git")
     remote.commit({"src/start.py": "def start_marker():\n    return 0\n"})

@@ -35,7 +35,7 @@ import pytest
 from coderag.repos import RepoRecord, RepoRegistry, hash_secret
 from coderag.runtime import Runtime, build_runtime
 from coderag.settings import Settings
-from indexer.dispatch import EmbeddedDispatcher
+from indexer.queue import EmbeddedDispatcher
 from tests.api_support import running_server
 from tests.conftest import git
 from tests.ingest_support import payload
@@ -98,7 +98,7 @@ class Server:
 def server(
     tmp_path_factory: pytest.TempPathFactory, embedder: Any, model_dir: Path
 ) -> Iterator[Server]:
-    from coderag.app import create_app
+    from coderag.api import create_app
 
     root = tmp_path_factory.mktemp("isolation")
     tokens = {role: f"{role}-{secrets.token_hex(16)}" for role in SCOPES}

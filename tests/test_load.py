@@ -25,13 +25,13 @@ from typing import Any
 
 import pytest
 
+from bench.search_load import run_search_load
+from bench.webhooks import Target, run_webhook_bench
 from coderag.repos import RepoRecord, RepoRegistry, hash_secret
 from coderag.runtime import Runtime, build_runtime
 from coderag.settings import Settings
-from indexer.dispatch import EmbeddedDispatcher
+from indexer.queue import EmbeddedDispatcher
 from tests.ingest_support import Remote
-from webhooks.bench import Target, run_webhook_bench
-from webhooks.bench_search import run_search_load
 
 pytestmark = pytest.mark.integration
 

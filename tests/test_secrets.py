@@ -633,7 +633,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[
     app serving it over loopback HTTP with auth on."""
     import secrets
 
-    from coderag.app import create_app
+    from coderag.api import create_app
     from coderag.runtime import build_runtime
     from coderag.settings import Settings
     from tests.api_support import running_server

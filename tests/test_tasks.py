@@ -20,10 +20,9 @@ from coderag.index import SearchFilter
 from coderag.repos import RepoRecord, RepoRegistry, hash_secret
 from coderag.runtime import Runtime, build_runtime
 from coderag.settings import Settings
-from indexer.coordination import RedisCoordinator
-from indexer.dispatch import EmbeddedDispatcher
+from indexer.jobs import BranchBusy, JobContext, run_branch
 from indexer.mirrors import mirror_for_url
-from indexer.scheduler import BranchBusy, JobContext, run_branch
+from indexer.queue import EmbeddedDispatcher, RedisCoordinator
 from tests.ingest_support import NULL_SHA, Remote, snapshot
 
 pytestmark = pytest.mark.integration
@@ -246,7 +245,9 @@ def test_one_run_per_branch_across_workers(
     the other is told the branch is busy (its task re-enqueues itself)."""
     import redis
 
-    r = redis.Redis.from_url("redis://127.0.0.1:6379/12")
+    from tests.redis_support import redis_url
+
+    r = redis.Redis.from_url(redis_url(12))
     r.flushdb()
     entered, release = threading.Event(), threading.Event()
 

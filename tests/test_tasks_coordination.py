@@ -19,11 +19,17 @@ import pytest
 
 from coderag.errors import GitError, TransientError
 from coderag.settings import Settings
-from indexer.celery_app import INDEX_BRANCH, QUEUE_INDEX, create_celery
-from indexer.coordination import MemoryCoordinator, RedisCoordinator
-from indexer.dispatch import CeleryDispatcher
+from indexer.queue import (
+    INDEX_BRANCH,
+    QUEUE_INDEX,
+    CeleryDispatcher,
+    MemoryCoordinator,
+    RedisCoordinator,
+    create_celery,
+)
+from tests.redis_support import redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = redis_url(12)
 SHA = [f"{i:040x}" for i in range(1, 30)]
 
 
@@ -233,8 +239,8 @@ def task_ctx(tmp_path: Path, redis_db: Any) -> Iterator[Any]:
     these tests stop before indexing (busy branch, failing fetch)."""
     from coderag.index.edge import EdgeIndex
     from coderag.repos import RepoRecord, RepoRegistry, hash_secret
-    from indexer.celery_app import install_context
-    from indexer.scheduler import JobContext
+    from indexer.jobs import JobContext
+    from indexer.queue import install_context
 
     index = EdgeIndex(tmp_path / "index")
     registry = RepoRegistry(index)
@@ -278,7 +284,7 @@ def test_a_busy_branch_re_enqueues_the_task(task_ctx: Any, redis_db: Any):
 
 
 def test_transient_errors_are_retried_then_fail_and_keep_the_commit(task_ctx: Any):
-    from indexer.tasks import MAX_RETRIES
+    from indexer.queue import MAX_RETRIES
 
     app, ctx, calls = task_ctx
     ctx.coordinator.record("g/p", "main", SHA[0], time.time())
@@ -289,7 +295,7 @@ def test_transient_errors_are_retried_then_fail_and_keep_the_commit(task_ctx: An
 
 
 def test_backoff_is_exponential_and_capped():
-    from indexer.tasks import backoff
+    from indexer.queue import backoff
 
     assert [round(backoff(n) / 2**n, 1) for n in range(5)] == pytest.approx([1.0] * 5, abs=0.21)
     assert backoff(20) <= 72

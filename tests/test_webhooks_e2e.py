@@ -1,6 +1,6 @@
 """The real thing, end to end, in distributed mode:
 
-- uvicorn serving ``coderag.app.create_app`` on loopback (in this process, sharing the
+- uvicorn serving ``coderag.api.app.create_app`` on loopback (in this process, sharing the
   session's warmed model for query embedding);
 - a Celery worker **process** (``tests/launch_worker.py``, ``--pool solo``) on the running
   Redis (db 11);
@@ -35,11 +35,12 @@ from tests.api_support import running_server
 from tests.fault_support import wait_for
 from tests.gitlab_mock import FakeGitLab
 from tests.ingest_support import NULL_SHA, Remote, payload, snapshot
+from tests.redis_support import redis_url
 from tests.standin import connect, free_port, start_standin
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = redis_url(11)
 REPO = "banking/payments-core"
 GL_TOKEN = "glpat-e2eTestToken0123456789"
 COLLECTION = "e2e"
@@ -144,7 +145,7 @@ def stack(
 ) -> Iterator[Stack]:
     import redis
 
-    from coderag.app import create_app
+    from coderag.api import create_app
     from coderag.index.server import ServerIndex
     from coderag.runtime import build_runtime
 

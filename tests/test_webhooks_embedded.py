@@ -2,7 +2,7 @@
 
 ``create_app`` without a broker builds the in-process executor; a push webhook is answered at
 once and the push becomes searchable through ``POST /v1/continue/context`` a moment later.
-DESIGN.md's goal for this path: one-file push -> searchable <= 2 s p95 (the default 0.5 s
+The goal for this path: one-file push -> searchable <= 2 s p95 (the default 0.5 s
 debounce included).
 """
 
@@ -27,7 +27,7 @@ REPO = "grp/ledger"
 
 @pytest.fixture
 def client(tmp_path: Path, embedder: Any) -> Iterator[tuple[TestClient, Remote]]:
-    from coderag.app import create_app
+    from coderag.api import create_app
 
     remote = Remote(tmp_path / "git")
     remote.commit({"src/ledger.py": "def post_entry(ledger, amount):\n    return amount\n"})

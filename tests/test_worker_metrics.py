@@ -28,9 +28,11 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.redis_support import redis_url
+
 pytestmark = pytest.mark.integration
 
-BROKER = "redis://127.0.0.1:6379/10"
+BROKER = redis_url(10)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -230,7 +232,7 @@ def test_a_branch_run_records_its_stages_without_double_counting_chunks() -> Non
     chunks are counted by the indexing service as it embeds, never again per run."""
     from prometheus_client import REGISTRY
 
-    from indexer.scheduler import _observe
+    from indexer.jobs import _observe
 
     def value(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0

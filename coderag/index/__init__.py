@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DENSE",
-    "ChunkPayload",
     "INDEXED_FIELDS",
     "SPARSE",
+    "ChunkPayload",
     "EdgeIndex",
     "IndexPoint",
     "ScoredRecord",

@@ -4,11 +4,11 @@ The indexer writes through it and the retriever reads through it; they never mee
 else. Both backends (Qdrant Edge on disk, qdrant-client against a server) pass the same
 contract test suite in ``tests/test_index_contract.py``.
 
-Schema (DESIGN.md "Index"): one collection / shard, named dense vector ``dense`` (cosine)
-and named sparse vector ``sparse`` with the IDF modifier. Payload per point:
-repo, branches (list), path, dirs (ancestor directories, for glob prefiltering), language,
-symbol, kind, start_line, end_line, hash, commit, text. Payload indexes on repo (tenant),
-branches, path, dirs, language, symbol.
+Schema: one collection / shard, named dense vector ``dense`` (cosine) and named sparse vector
+``sparse`` with the IDF modifier. Payload per point (built and read by
+:class:`coderag.index.payload.ChunkPayload`): repo, branches (list), path, dirs (ancestor
+directories, for glob prefiltering), language, symbol, kind, start_line, end_line, hash,
+commit, text. Payload indexes on repo (tenant), branches, path, dirs, language, symbol.
 """
 
 from __future__ import annotations

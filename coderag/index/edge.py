@@ -18,7 +18,7 @@ a helper thread gained nothing and was dropped). Reads are therefore not seriali
 writes are (one ``threading.Lock``) so that a call's batches and its flush stay together,
 and ``close`` waits for in-flight calls instead of pulling the shard from under them.
 
-Measured with ``python -m coderag.index.bench`` (prints JSON) on a 2-core VM shared with
+Measured with ``coderag bench vector-index`` (prints JSON) on a 2-core VM shared with
 other jobs (figures moved by up to 2x between runs): 20k points, 384 dims, 40 sparse terms,
 12 payload fields (~600 bytes):
 
@@ -56,7 +56,7 @@ from coderag.index._shared import RRF_K, Mode, QdrantIndexBase
 from coderag.index.base import DENSE, INDEXED_FIELDS, SPARSE, IndexPoint, ScoredRecord, SparseVec
 from coderag.index.filters import Depth, FilterPlan, Match
 
-__all__ = ["EdgeIndex"]
+__all__ = ["EdgeIndex", "edge_points"]
 
 
 class _Gate:
@@ -250,6 +250,15 @@ class EdgeIndex(QdrantIndexBase):
                 self._shard = self._open(None)
             return self._shard
 
+    @property
+    def shard(self) -> qe.EdgeShard:
+        """The open shard (opened, and this process made its owner, on first use).
+
+        Everything else goes through the index methods; this is for measuring the binding
+        itself (``coderag bench vector-index`` times ``shard.update`` without the index's
+        locks and point conversion)."""
+        return self._get_shard()
+
     @contextlib.contextmanager
     def _op(self, what: str, *, write: bool = False) -> Iterator[None]:
         with self._gate.enter(what):
@@ -291,7 +300,7 @@ class EdgeIndex(QdrantIndexBase):
     # --- primitives -------------------------------------------------------------------------
 
     def _p_upsert(self, points: Sequence[IndexPoint]) -> None:
-        self._get_shard().update(qe.UpdateOperation.upsert_points(_edge_points(points)))
+        self._get_shard().update(qe.UpdateOperation.upsert_points(edge_points(points)))
 
     def _p_commit(self) -> None:
         self._get_shard().flush()
@@ -444,7 +453,9 @@ class EdgeIndex(QdrantIndexBase):
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _edge_points(points: Sequence[IndexPoint]) -> list[qe.Point]:
+def edge_points(points: Sequence[IndexPoint]) -> list[qe.Point]:
+    """The binding's points for ``points``: the Python -> Rust conversion every upsert pays
+    (public so ``coderag bench vector-index`` can time it apart from the shard's update)."""
     return [
         qe.Point(
             p.id,

@@ -15,7 +15,7 @@ server in tests. What it does differently, and how this module copes:
   a tenant keyword index (``is_tenant=True``).
 * threads: the local client is not thread-safe, so calls are serialised with a lock in
   local mode only. The remote client (httpx) is used from many threads without one.
-* speed: local mode is pure Python and scans (``python -m coderag.index.bench --backend
+* speed: local mode is pure Python and scans (``coderag bench vector-index --backend
   local -n 5000``: ~640 points/s upsert; filtered hybrid ~370 ms p50 at 5k points, growing
   linearly): a stand-in for tests, never a deployment.
 
