@@ -19,24 +19,49 @@ coderag_search_results_total           counter       endpoint
 coderag_http_errors_total              counter       error_code
 coderag_secrets_redacted_total         counter       kind (aws-access-key, password, ...)
 =====================================  ============  =========================================
+
+Reconciliation (:mod:`coderag.freshness`):
+
+================================================  =======  ==================================
+coderag_hook_disabled                             gauge    repo
+coderag_branch_behind_commits                     gauge    repo, branch
+coderag_reconcile_last_success_timestamp_seconds  gauge    repo
+coderag_reconcile_scheduled_total                 counter  repo
+================================================  =======  ==================================
+
+The reconciliation metrics are read from the ``reconcile/<repo>`` state records that the
+periodic pass (:mod:`coderag.freshness`) writes, so the API exposes them whichever process
+ran the pass (a worker, in distributed mode), and the counter is the stored cumulative count:
+it survives restarts of the API. ``coderag_hook_disabled`` is 0 for an executable hook, 0.5
+for a temporarily disabled one (GitLab retries it after a back-off) and 1 for a permanently
+disabled one (no delivery until someone re-enables it): alert on ``== 1``, watch ``> 0``.
+``coderag_branch_behind_commits`` is ``git rev-list --count indexed..head`` in the local
+mirror; when the mirror lacks one of the commits (typically: the run that fetches them has
+not started) it is 1, a lower bound, since the index is known to differ from GitLab's head.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 __all__ = [
+    "BRANCH_BEHIND",
     "CHUNKS_EMBEDDED",
     "CONTENT_TYPE_LATEST",
+    "HOOK_DISABLED",
     "HTTP_ERRORS",
     "INDEX_LAG",
     "QUERY_LATENCY",
     "QUEUE_DEPTH",
+    "RECONCILE_LAST_SUCCESS",
+    "RECONCILE_SCHEDULED",
     "SEARCH_RESULTS",
     "SECRETS_REDACTED",
     "TASK_DURATION",
@@ -94,6 +119,55 @@ HTTP_ERRORS = Counter(
     "Error responses of the API, by error_code.",
     ["error_code"],
 )
+HOOK_DISABLED = Gauge(
+    "coderag_hook_disabled",
+    "GitLab project hook health from the last reconciliation pass: 0 executable, 0.5 "
+    "temporarily disabled, 1 permanently disabled.",
+    ["repo"],
+)
+BRANCH_BEHIND = Gauge(
+    "coderag_branch_behind_commits",
+    "Commits GitLab's branch head is ahead of the indexed commit (1 when they differ but the "
+    "mirror cannot count them), computed at scrape time.",
+    ["repo", "branch"],
+)
+RECONCILE_LAST_SUCCESS = Gauge(
+    "coderag_reconcile_last_success_timestamp_seconds",
+    "Unix time of the last reconciliation pass that listed the repo's branches and "
+    "submitted what was behind.",
+    ["repo"],
+)
+
+
+class _StoredCounter:
+    """A counter whose values live in the index state, not in this process: exposed at
+    scrape time from what :func:`refresh` read, so it stays cumulative across restarts and
+    across the processes that incremented it."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.values: dict[str, float] = {}
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = self._family()
+        for value, n in sorted(self.values.items()):
+            family.add_metric([value], n)
+        yield family
+
+
+RECONCILE_SCHEDULED = _StoredCounter(
+    "coderag_reconcile_scheduled",
+    "Branch runs (catch-ups and removals) the reconciliation passes scheduled because no "
+    "webhook had: missed deliveries, multi-ref pushes, disabled hooks, downtime.",
+    "repo",
+)
+REGISTRY.register(RECONCILE_SCHEDULED)
 
 
 def generate_latest() -> bytes:
@@ -126,3 +200,36 @@ def refresh(app_state: Any) -> None:
             INDEX_LAG.labels(repo=repo, branch=branch).set(branch_lag_seconds(pending, now))
     except Exception as exc:
         log.warning("metrics: index lag unavailable", extra={"error": repr(exc)})
+    try:
+        _refresh_reconcile(runtime.index)
+    except Exception as exc:
+        log.warning("metrics: reconciliation state unavailable", extra={"error": repr(exc)})
+
+
+def _refresh_reconcile(index: Any) -> None:
+    """The reconciliation gauges and counter, from the ``reconcile/<repo>`` records."""
+    from coderag.status import (
+        branch_lag_commits,
+        branch_states,
+        hook_disabled_level,
+        reconcile_states,
+    )
+
+    indexed = branch_states(index)
+    records = reconcile_states(index)
+    HOOK_DISABLED.clear()
+    BRANCH_BEHIND.clear()
+    RECONCILE_LAST_SUCCESS.clear()
+    totals: dict[str, float] = {}
+    for repo, rec in records.items():
+        level = hook_disabled_level((rec.get("hook") or {}).get("alert_status"))
+        if level is not None:
+            HOOK_DISABLED.labels(repo=repo).set(level)
+        if isinstance(rec.get("ok_at"), int | float):
+            RECONCILE_LAST_SUCCESS.labels(repo=repo).set(float(rec["ok_at"]))
+        totals[repo] = float(rec.get("scheduled_total") or 0)
+        for branch, head in sorted((rec.get("heads") or {}).items()):
+            commit = (indexed.get((repo, branch)) or {}).get("commit") or None
+            behind = branch_lag_commits(commit, head, rec.get("mirror"))
+            BRANCH_BEHIND.labels(repo=repo, branch=branch).set(1 if behind is None else behind)
+    RECONCILE_SCHEDULED.values = totals

@@ -7,7 +7,17 @@ points by living somewhere else.
 
 The webhook secret is never stored: only its sha256 is, and a presented token is checked by
 hashing it and comparing digests in constant time, so a leaked state dump does not let anyone
-forge pushes.
+forge pushes. A signing token (signed deliveries) cannot be hashed, since checking an HMAC needs
+the key: it is stored encrypted (:mod:`coderag.secretbox`).
+
+Identity: a record registered through GitLab knows its ``gitlab_project_id``, which GitLab
+never changes, while a rename or transfer changes the path (``project.path_with_namespace``)
+that is the record's id. ``project/<id>`` in the state maps a project id to the record's
+current path (kept by :meth:`RepoRegistry.put` and :meth:`RepoRegistry.delete`), so the webhook
+finds a record by the project id it carries; :meth:`RepoRegistry.move` moves a record to its
+new path and leaves ``alias/<old path>`` naming the new one, which reads of the old path
+answer with :class:`RepoMovedError`. Records without a project id (registered from a plain git
+URL) are found by path only.
 """
 
 from __future__ import annotations
@@ -22,22 +32,30 @@ from typing import Annotated, Any
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from coderag.errors import InputError, NotFoundError
+from coderag.errors import ConflictError, InputError, NotFoundError
 from coderag.index import VectorIndex
 
 __all__ = [
+    "ALIAS_STATE_PREFIX",
+    "PROJECT_STATE_PREFIX",
     "REPO_ID_PATTERN",
     "REPO_STATE_PREFIX",
     "RepoIdPath",
+    "RepoMovedError",
     "RepoRecord",
     "RepoRegistry",
     "hash_secret",
     "parse_repo_id",
     "run_state_key",
+    "token_matches",
 ]
 
 REPO_STATE_PREFIX = "repo/"
 RUN_STATE_PREFIX = "run/"
+PROJECT_STATE_PREFIX = "project/"
+"""``project/<GitLab project id>`` -> ``{"repo": current path}``."""
+ALIAS_STATE_PREFIX = "alias/"
+"""``alias/<old path>`` -> ``{"moved_to", "gitlab_project_id", "moved_at"}``."""
 _SEGMENT = (
     r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]*|\.(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*)?|\.\.[A-Za-z0-9_.-]+)"
 )
@@ -66,6 +84,36 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+class RepoMovedError(NotFoundError):
+    """The repository is no longer at this path: GitLab renamed or transferred the project.
+
+    A 410 rather than a redirect: reads name the repo in a JSON body or a path of the API,
+    so the client is told the new path (``detail``) and decides; ``moved_to`` holds it.
+    """
+
+    error_code = "repo_moved"
+    http_status = 410
+
+    def __init__(self, repo_id: str, moved_to: str) -> None:
+        super().__init__(
+            f"repository {repo_id!r} moved to {moved_to!r} (renamed or transferred on GitLab): "
+            f"use {moved_to!r}"
+        )
+        self.repo_id = repo_id
+        self.moved_to = moved_to
+
+
+def token_matches(record: RepoRecord | None, presented: str | None) -> bool:
+    """Constant-time check of a webhook token against ``record``'s stored hash.
+
+    No record and no token still cost one comparison (against a dummy hash), so timing
+    tells nobody whether a project is registered.
+    """
+    expected = record.secret_hash if record is not None else _DUMMY_HASH
+    ok = hmac.compare_digest(expected.encode(), hash_secret(presented or "").encode())
+    return ok and record is not None and bool(presented)
+
+
 def run_state_key(repo_id: str, branch: str) -> str:
     """State key of the last indexing run of one branch (lag and outcome, for metrics)."""
     return f"{RUN_STATE_PREFIX}{repo_id}/{branch}"
@@ -84,7 +132,12 @@ class RepoRecord(BaseModel):
     branches: list[str] = Field(default_factory=lambda: ["main"])
     """fnmatch patterns of the branches to index (``main``, ``release/*``)."""
     secret_hash: str
+    signing_token_enc: str | None = None
+    """The hook's ``whsec_`` signing token, encrypted (:class:`coderag.secretbox.SecretBox`);
+    set: every delivery must carry a valid ``webhook-signature``."""
     hook_id: int | None = None
+    previous_ids: list[str] = Field(default_factory=list)
+    """Paths the project had before renames or transfers, oldest first."""
     created_at: float = Field(default_factory=time.time)
     last_run: dict[str, Any] | None = None
     last_error: str | None = None
@@ -116,9 +169,15 @@ class RepoRecord(BaseModel):
         """Whether pushes to ``branch`` are indexed (any pattern matches, case-sensitive)."""
         return any(fnmatch.fnmatchcase(branch, pat) for pat in self.branches)
 
+    @property
+    def signed(self) -> bool:
+        return self.signing_token_enc is not None
+
     def public(self) -> dict[str, Any]:
-        """What the API shows: everything but the secret hash."""
-        return self.model_dump(exclude={"secret_hash"})
+        """What the API shows: everything but the secret hash and the sealed signing token."""
+        out = self.model_dump(exclude={"secret_hash", "signing_token_enc"})
+        out["signed"] = self.signed
+        return out
 
 
 class RepoRegistry:
@@ -136,23 +195,116 @@ class RepoRegistry:
         return RepoRecord.model_validate(raw) if raw else None
 
     def require(self, repo_id: str) -> RepoRecord:
+        """The record; :class:`RepoMovedError` for a path the project left,
+        :class:`NotFoundError` for one never registered."""
         rec = self.get(repo_id)
         if rec is None:
+            self.check_moved(repo_id)
             raise NotFoundError(f"repository {repo_id!r} is not registered")
         return rec
 
     def put(self, record: RepoRecord) -> RepoRecord:
+        """Store the record, and point its project id at it."""
         self.index.set_state(self._key(record.id), record.model_dump(mode="json"))
+        if record.gitlab_project_id is not None:
+            key = f"{PROJECT_STATE_PREFIX}{record.gitlab_project_id}"
+            if (self.index.get_state(key) or {}).get("repo") != record.id:
+                self.index.set_state(key, {"repo": record.id})
         return record
+
+    # ---------------------------------------------------------------- identity
+    def get_by_project(self, project_id: int) -> RepoRecord | None:
+        """The record of GitLab project ``project_id``, whatever its path now."""
+        entry = self.index.get_state(f"{PROJECT_STATE_PREFIX}{int(project_id)}")
+        if not entry or not entry.get("repo"):
+            return None
+        rec = self.get(str(entry["repo"]))
+        return rec if rec is not None and rec.gitlab_project_id == int(project_id) else None
+
+    def index_projects(self) -> int:
+        """Write ``project/<id>`` for every record that has a project id (records stored
+        before the index existed); returns how many were missing."""
+        n = 0
+        for rec in self.list():
+            if rec.gitlab_project_id is None:
+                continue
+            key = f"{PROJECT_STATE_PREFIX}{rec.gitlab_project_id}"
+            if not self.index.get_state(key):
+                self.index.set_state(key, {"repo": rec.id})
+                n += 1
+        return n
+
+    def alias(self, repo_id: str) -> dict[str, Any] | None:
+        """Where a project that had this path went (``moved_to``), if it moved."""
+        raw = self.index.get_state(f"{ALIAS_STATE_PREFIX}{repo_id.strip('/')}")
+        return dict(raw) if raw and raw.get("moved_to") else None
+
+    def check_moved(self, repo_id: str) -> None:
+        """Raise :class:`RepoMovedError` when ``repo_id`` is a path a registered project
+        left (and no record took it since)."""
+        alias = self.alias(repo_id)
+        if alias is not None and self.get(repo_id) is None:
+            raise RepoMovedError(repo_id.strip("/"), str(alias["moved_to"]))
+
+    def move(self, record: RepoRecord, new_id: str, *, url: str | None = None) -> RepoRecord:
+        """Move ``record`` to path ``new_id`` (GitLab renamed or transferred the project):
+        same secret, signing token, hook and project id; ``alias/<old>`` names the new path.
+
+        The new record is written first: a crash half-way leaves both paths registered (the
+        project index already names the new one), never neither. The old path's points and
+        runs are not touched here: that is the removal task the caller schedules.
+        """
+        new_id = parse_repo_id(new_id)
+        old_id = record.id
+        if new_id == old_id:
+            return record
+        there = self.get(new_id)
+        if there is not None and there.gitlab_project_id != record.gitlab_project_id:
+            raise ConflictError(f"repository {new_id!r} is registered for another project")
+        moved = record.model_copy(
+            update={
+                "id": new_id,
+                "url": url or record.url,
+                "previous_ids": [p for p in record.previous_ids if p != new_id] + [old_id],
+            }
+        )
+        self.put(moved)
+        alias = {
+            "moved_to": new_id,
+            "gitlab_project_id": record.gitlab_project_id,
+            "moved_at": time.time(),
+        }
+        self.index.set_state(f"{ALIAS_STATE_PREFIX}{old_id}", alias)
+        for key, entry in self.index.list_state(ALIAS_STATE_PREFIX).items():
+            if entry.get("moved_to") == old_id:  # an older path: point it at the newest
+                self.index.set_state(key, {**entry, "moved_to": new_id})
+        self.index.set_state(f"{ALIAS_STATE_PREFIX}{new_id}", None)  # a record again
+        self.index.set_state(self._key(old_id), None)
+        return moved
 
     def list(self) -> list[RepoRecord]:
         states = self.index.list_state(REPO_STATE_PREFIX)
         return sorted((RepoRecord.model_validate(v) for v in states.values()), key=lambda r: r.id)
 
     def delete(self, repo_id: str) -> bool:
-        """Forget the repository and its run records; its points are the indexer's job."""
-        existed = self.get(repo_id) is not None
+        """Forget the repository, its run records, its project index entry and the aliases
+        of its old paths; its points are the indexer's job.
+
+        The alias *at* ``repo_id`` stays: deleting a path a project left (the removal task
+        of its old name) must keep telling readers where it went.
+        """
+        rec = self.get(repo_id)
+        existed = rec is not None
         self.index.set_state(self._key(repo_id), None)
+        rid0 = repo_id.strip("/")
+        if rec is not None and rec.gitlab_project_id is not None:
+            key = f"{PROJECT_STATE_PREFIX}{rec.gitlab_project_id}"
+            if (self.index.get_state(key) or {}).get("repo") == rid0:
+                self.index.set_state(key, None)
+        if existed:
+            for key, entry in self.index.list_state(ALIAS_STATE_PREFIX).items():
+                if entry.get("moved_to") == rid0:
+                    self.index.set_state(key, None)
         # The prefix also lists the runs of repos nested under this path ("g/b/sub" under
         # "g/b"): the record's own repo field decides, as in ``coderag.status``.
         rid = repo_id.strip("/")

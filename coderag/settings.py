@@ -85,9 +85,32 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     gitlab_url: str | None = None
     gitlab_token: SecretStr | None = None
-    webhook_max_bytes: int = Field(default=5_000_000, ge=1024)
+    webhook_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    """Largest webhook body accepted (413 above it). 25 MiB by default: GitLab's own cap on
+    a webhook payload (GitLab docs, "Webhook limits"), so no delivery GitLab sends is refused.
+    The body is read into one buffer, checked against the cap as it grows."""
+    webhook_spool_path: Path | None = None
+    """Override of ``data_dir/webhooks/spool.sqlite3``, the durable webhook spool (see
+    :mod:`webhooks.spool`). Put it on a persistent volume: a verified delivery lives only
+    there until the broker has it."""
+    webhook_spool_retention_seconds: float = Field(default=7 * 24 * 3600.0, ge=60.0)
+    """How long forwarded deliveries stay in the spool: their delivery ids are the
+    de-duplication record, so a resend or replay within this time is answered "duplicate"."""
+    webhook_signature_tolerance_seconds: float = Field(default=300.0, ge=1.0)
+    """Largest difference between a signed delivery's ``webhook-timestamp`` and this
+    server's clock (either way) that is accepted; older or newer is a 401. 300 s is the
+    Standard Webhooks recommendation that GitLab's signing follows."""
+    secret_key: SecretStr | None = None
+    """Key that encrypts webhook signing tokens at rest (AES-256-GCM, the key derived with
+    HKDF-SHA256). The server must hold a hook's signing key itself to check its HMAC, so the
+    registry keeps it encrypted, never in clear. At least 32 characters, not a placeholder;
+    needed only for signed hooks (``POST /v1/repos`` with ``"signed": true``). Changing it
+    makes the stored signing tokens unreadable: re-register those repositories."""
     index_tags: bool = False
     index_merge_requests: bool = False
+    """Index the source branch of open same-project merge requests. Also decides whether
+    the project hooks coderag creates subscribe to merge request events at all (off: GitLab
+    never sends them)."""
     push_debounce_seconds: float = Field(default=0.5, ge=0)
     public_url: str | None = None
     """Base URL at which GitLab reaches this service (``https://coderag.bank.internal``): the
@@ -107,6 +130,16 @@ class Settings(BaseSettings):
     run anyway (its task may sit in a dead consumer's unacked set until the broker's
     visibility timeout, an hour). At most one extra, harmless, folded run per branch per
     period when the queue is merely that far behind."""
+    reconcile_interval_seconds: float = Field(default=300.0, ge=0)
+    """Seconds between reconciliation passes (:mod:`coderag.freshness`): every registered
+    repo's branch heads (``git ls-remote``) are compared with the indexed commits and what is
+    behind is scheduled, vanished branches are removed, and the project hook's health is read
+    from GitLab. GitLab sends a delivery once and fires no push hook for a push of more than
+    3 refs, so this pass is what bounds how stale a branch can get. 0 turns it off."""
+    reconcile_reenable_hooks: bool = True
+    """Re-enable a *temporarily* disabled project hook with a test delivery
+    (``POST /projects/:id/hooks/:hook_id/test/push_events``; GitLab docs "Failing webhooks")
+    when the GitLab token allows it. A permanently disabled hook is only reported."""
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -115,6 +148,18 @@ class Settings(BaseSettings):
     def _no_default_secret(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and v.get_secret_value().strip().lower() in _FORBIDDEN_SECRETS:
             raise ValueError("refusing a default/placeholder secret; set a real value")
+        return v
+
+    @field_validator("secret_key")
+    @classmethod
+    def _real_secret_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        raw = v.get_secret_value().strip()
+        if raw.lower() in _FORBIDDEN_SECRETS or len(set(raw)) < 8:
+            raise ValueError("refusing a default/placeholder CODERAG_SECRET_KEY; set a real one")
+        if len(raw) < 32:
+            raise ValueError("CODERAG_SECRET_KEY must be at least 32 characters")
         return v
 
     @field_validator("api_tokens")
@@ -156,6 +201,10 @@ class Settings(BaseSettings):
     @property
     def mirrors_dir(self) -> Path:
         return self.data_dir / "mirrors"
+
+    @property
+    def webhook_spool_file(self) -> Path:
+        return self.webhook_spool_path or self.data_dir / "webhooks" / "spool.sqlite3"
 
 
 @lru_cache(maxsize=1)

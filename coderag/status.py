@@ -6,22 +6,99 @@ the dispatcher's coordinator.
 * The repo registry (:class:`coderag.repos.RepoRegistry`) knows whether the repo is enabled,
   its last run and error, and the last run of each branch (``run/<repo>/<branch>``).
 * The coordinator behind the dispatcher knows the newest push *not yet indexed* per branch.
+* The last reconciliation pass (:mod:`coderag.freshness`) left ``reconcile/<repo>``: GitLab's
+  head of every tracked branch, when it last listed them, what it scheduled, and the project
+  hook's health. Any process may have written it (the API in embedded mode, a worker in
+  distributed mode); every process reads it here.
 
-Lag is "oldest push still waiting" to now: 0 when nothing is pending, so a quiet branch is
-never "lagging" however old its index. The ``GET /v1/repos/{id}/status`` route and the
-scrape-time ``coderag_index_lag_seconds`` gauge both use :func:`branch_lag_seconds` so they
-always agree.
+Lag comes in two measures. ``lag_seconds`` is "oldest push still waiting" to now: 0 when
+nothing is pending, so a quiet branch is never "lagging" however old its index; a push that
+no webhook announced counts from the reconciliation pass that found it (the pass schedules
+it as a push received then). ``lag_commits`` is how many commits GitLab's head is ahead of
+the indexed commit, counted in the local mirror (``null`` when the mirror lacks one of the
+two commits, e.g. before the run that fetches them). The ``GET /v1/repos/{id}/status``
+route, ``coderag status`` and the scrape-time gauges all use these functions so they always
+agree.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from coderag.index import SearchFilter, VectorIndex, branch_state_prefix
 
-__all__ = ["branch_lag_seconds", "branch_states", "pending_push", "repo_status"]
+__all__ = [
+    "RECONCILE_STATE_PREFIX",
+    "branch_lag_commits",
+    "branch_lag_seconds",
+    "branch_states",
+    "commits_behind",
+    "hook_disabled_level",
+    "pending_push",
+    "reconcile_state_key",
+    "reconcile_states",
+    "repo_status",
+]
+
+RECONCILE_STATE_PREFIX = "reconcile/"
+_GIT_TIMEOUT_S = 10.0
+
+
+def reconcile_state_key(repo: str) -> str:
+    """State key of the last reconciliation pass of ``repo`` (heads, outcome, hook health)."""
+    return f"{RECONCILE_STATE_PREFIX}{repo.strip('/')}"
+
+
+def reconcile_states(index: VectorIndex, repo: str | None = None) -> dict[str, dict[str, Any]]:
+    """repo -> its last reconciliation record; for exactly ``repo`` when given (the record's
+    own ``repo`` field decides, as for :func:`branch_states`)."""
+    prefix = reconcile_state_key(repo) if repo else RECONCILE_STATE_PREFIX
+    out: dict[str, dict[str, Any]] = {}
+    for st in index.list_state(prefix).values():
+        r = st.get("repo")
+        if r and (repo is None or r == repo):
+            out[str(r)] = dict(st)
+    return out
+
+
+def commits_behind(mirror: str | os.PathLike[str] | None, indexed: str, head: str) -> int | None:
+    """``git rev-list --count indexed..head`` in ``mirror``: the commits of ``head`` that the
+    indexed commit lacks; ``None`` when the mirror is missing or lacks either commit."""
+    if not mirror or not os.path.isdir(mirror):
+        return None
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    cmd = ["git", "-C", os.fspath(mirror), "rev-list", "--count", f"{indexed}..{head}", "--"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, env=env, timeout=_GIT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = proc.stdout.decode().strip()
+    return int(out) if proc.returncode == 0 and out.isdigit() else None
+
+
+def branch_lag_commits(
+    commit: str | None, head: str | None, mirror: str | os.PathLike[str] | None
+) -> int | None:
+    """Commits the indexed ``commit`` is behind GitLab's ``head``: 0 when they are equal,
+    ``None`` when either is unknown or the mirror cannot count them."""
+    if head is None or commit is None:
+        return None
+    if commit == head:
+        return 0
+    return commits_behind(mirror, commit, head)
+
+
+def hook_disabled_level(alert_status: str | None) -> float | None:
+    """The ``coderag_hook_disabled`` value of a hook's ``alert_status``: 0 executable, 0.5
+    temporarily disabled (GitLab retries it after a back-off), 1 permanently disabled (no
+    delivery until someone re-enables it); ``None`` when unknown."""
+    return {"executable": 0.0, "temporarily_disabled": 0.5, "disabled": 1.0}.get(
+        alert_status or ""
+    )
 
 
 def branch_states(index: VectorIndex, repo: str | None = None) -> dict[tuple[str, str], dict]:
@@ -98,16 +175,24 @@ def repo_status(
                 runs[str(run["branch"])] = dict(run)
     if not states and rec is None:
         return None
-    names = sorted({b for _, b in states} | set(runs))
+    recon = reconcile_states(index, repo).get(repo) or {}
+    heads = recon.get("heads") if isinstance(recon.get("heads"), Mapping) else {}
+    reconciled_at = _num(recon.get("ok_at"))
+    names = sorted({b for _, b in states} | set(runs) | set(heads))
     branches = []
     for name in names:
         st = states.get((repo, name), {})
         pending = pending_push(dispatcher, repo, name)
         run = runs.get(name) or {}
+        commit = st.get("commit") or None
+        head = heads.get(name)
         branches.append(
             {
                 "branch": name,
-                "commit": st.get("commit") or None,
+                "commit": commit,
+                "gitlab_head": head,
+                "lag_commits": branch_lag_commits(commit, head, recon.get("mirror")),
+                "last_reconciled_at": reconciled_at,
                 "indexed_at": _num(st.get("indexed_at")),
                 "chunks": index.count(SearchFilter(repos=[repo], branch=name)) if st else 0,
                 "pending_commit": getattr(pending, "sha", None),
@@ -130,6 +215,9 @@ def repo_status(
         "last_run": _jsonable(last_run) if isinstance(last_run, Mapping) else None,
         "last_error": rec.get("last_error"),
         "lag_seconds": max((b["lag_seconds"] for b in branches), default=0.0),
+        "last_reconciled_at": reconciled_at,
+        "reconcile_error": recon.get("error"),
+        "hook": _jsonable(recon["hook"]) if isinstance(recon.get("hook"), Mapping) else None,
     }
 
 

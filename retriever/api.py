@@ -353,8 +353,22 @@ def _search(
     if scope is not None:  # defence in depth: the index filter already did this
         allowed = set(scope)
         hits = [h for h in hits if h.repo in allowed]
+    _refuse_moved(request, repos, hits)
     audit.results = len(hits)
     return hits
+
+
+def _refuse_moved(request: Request, repos: Sequence[str] | None, hits: list[Hit]) -> None:
+    """A repo asked for by name that the project left (renamed or transferred on GitLab)
+    is a 410 ``repo_moved`` naming the new path, rather than a silently empty answer. Only
+    names that found nothing are looked up: no extra state read on an ordinary search."""
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None or not repos:
+        return
+    found = {h.repo for h in hits}
+    for repo in repos:
+        if repo and repo not in found:
+            registry.check_moved(repo)
 
 
 _LEADING_MENTIONS = re.compile(r"^\s*@[\w.-]+\s+")

@@ -3,8 +3,9 @@ its **own** redis-server (:class:`tests.redis_support.RedisServer`, so killing o
 Redis disturbs nobody else), with handles to break each part: the worker process, Redis, the
 index (the stand-in's write switch) and the worker's git mirrors.
 
-Pieces, all real: a private ``redis-server`` on a free loopback port (broker, coordination,
-de-duplication); the Qdrant stand-in process (``tests/standin.py``); a Celery worker process
+Pieces, all real: a private ``redis-server`` on a free loopback port (broker, coordination);
+the API's webhook spool in its data dir (de-duplication, and deliveries while Redis is down);
+the Qdrant stand-in process (``tests/standin.py``); a Celery worker process
 (``tests/launch_worker.py``); the API under uvicorn in this process (sharing the session's
 model); git repositories on disk as the GitLab projects' clone URLs. Only GitLab's REST API
 is mocked (``tests/gitlab_mock.py``).
@@ -161,8 +162,9 @@ class FaultStack:
         key: str | None = None,
         http: httpx.Client | None = None,
     ) -> httpx.Response:
-        """Deliver a Push Hook as GitLab does (``key``: the delivery's Idempotency-Key,
-        the same on each of GitLab's retries; ``http``: a sender thread's own client)."""
+        """Deliver a Push Hook as GitLab does, once (``key``: the delivery's
+        Idempotency-Key, the same only on a manual "Resend request"; ``http``: a sender
+        thread's own client)."""
         body = payload(
             "push",
             repo=repo,
@@ -171,6 +173,7 @@ class FaultStack:
             after=after,
             ref="refs/heads/main",
         )
+        body["project"]["id"] = self.gitlab.projects[repo]["id"]  # as GitLab sends it
         headers = {
             "X-Gitlab-Event": "Push Hook",
             "X-Gitlab-Token": self.secrets[repo],

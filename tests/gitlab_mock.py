@@ -1,6 +1,13 @@
 """Test-only: a tiny GitLab API on 127.0.0.1 that answers as GitLab's REST API v4 does for
-the calls coderag makes (project lookup by path, project hook create and delete), and records
-every request so tests can assert on what was sent.
+the calls coderag makes (project lookup by path, project hook create, read, test and delete),
+and records every request so tests can assert on what was sent.
+
+Hook health as GitLab shapes it: ``alert_status`` (``executable``, ``temporarily_disabled``,
+``disabled``) and ``disabled_until`` on ``GET /projects/:id/hooks/:hook_id``; a successful
+``POST /projects/:id/hooks/:hook_id/test/:trigger`` (201 ``{"message": "201 Created"}``)
+re-enables the hook, a failed test delivery is a 422 with GitLab's message (lib/api/hooks/
+test.rb; GitLab docs "Failing webhooks"). :meth:`FakeGitLab.set_hook_state` puts a hook in
+any of those states.
 
 Only GitLab is mocked in this project's tests; git, Redis, Celery and HTTP are real.
 """
@@ -34,7 +41,24 @@ class FakeGitLab:
     hooks: dict[int, dict[str, Any]] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     fail_hooks_with: int | None = None
+    fail_tests_with: int | None = None
+    """Status of ``POST .../hooks/:id/test/:trigger`` (None: the test delivery succeeds)."""
     _next_hook: int = 41
+
+    def set_hook_state(
+        self, hook_id: int, alert_status: str, disabled_until: str | None = None
+    ) -> dict[str, Any]:
+        """Put a hook in GitLab's ``alert_status`` (a temporarily disabled one gets a
+        ``disabled_until`` a minute ahead unless given), as failing deliveries would."""
+        import datetime as dt
+
+        hook = self.hooks[hook_id]
+        if alert_status == "temporarily_disabled" and disabled_until is None:
+            until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+            disabled_until = until.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        hook["alert_status"] = alert_status
+        hook["disabled_until"] = disabled_until if alert_status == "temporarily_disabled" else None
+        return hook
 
     def add_project(self, path: str, project_id: int, clone_url: str) -> dict[str, Any]:
         name = path.rsplit("/", 1)[-1]
@@ -141,13 +165,31 @@ class FakeGitLab:
                 if self.fail_hooks_with:
                     return self.fail_hooks_with, {"message": "403 Forbidden"}
                 return 201, self._create_hook(project, body or {})
+            hook = self.hooks.get(int(parts[3])) if len(parts) >= 4 and parts[3].isdigit() else None
+            if len(parts) >= 4 and (hook is None or hook["project_id"] != project["id"]):
+                return 404, {"message": "404 Hook Not Found"}
+            if method == "GET" and len(parts) == 4:
+                return 200, hook
             if method == "DELETE" and len(parts) == 4:
-                hook = self.hooks.get(int(parts[3]))
-                if hook is None or hook["project_id"] != project["id"]:
-                    return 404, {"message": "404 Not found"}
                 del self.hooks[int(parts[3])]
                 return 204, None
+            if method == "POST" and len(parts) == 6 and parts[4] == "test":
+                return self._test_hook(hook, parts[5])
         return 404, {"error": "404 Not Found"}
+
+    def _test_hook(self, hook: Any, trigger: str) -> tuple[int, Any]:
+        """A test delivery: success re-enables the hook (GitLab resets its back-off)."""
+        if trigger not in ("push_events", "tag_push_events", "merge_requests_events"):
+            return 400, {"error": "trigger does not have a valid value"}
+        if self.fail_tests_with:
+            message = {
+                403: "403 Forbidden",
+                429: "This endpoint has been requested too many times. Try again later.",
+            }.get(self.fail_tests_with, "Hook execution failed: Failed to open TCP connection")
+            return self.fail_tests_with, {"message": message}
+        hook["alert_status"] = "executable"
+        hook["disabled_until"] = None
+        return 201, {"message": "201 Created"}
 
     def _create_hook(self, project: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         self._next_hook += 1

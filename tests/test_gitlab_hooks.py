@@ -21,6 +21,7 @@ from coderag.auth import TokenAuth, require_principal
 from coderag.errors import (
     CoderagError,
     ConfigError,
+    ConflictError,
     GitLabError,
     InputError,
     NotFoundError,
@@ -85,7 +86,7 @@ def test_register_creates_the_hook_and_stores_only_the_secret_hash(
         "url": f"{PUBLIC}/v1/webhooks/gitlab",
         "token": reg.secret,
         "push_events": True,
-        "merge_requests_events": True,
+        "merge_requests_events": False,  # MR indexing is off by default: not even sent
         "tag_push_events": False,
         "enable_ssl_verification": True,
     }
@@ -275,3 +276,18 @@ def test_repo_routes(settings: Settings, registry: RepoRegistry, gitlab: FakeGit
         assert gone.status_code == 202 and gone.json()["repo"] == REPO
         assert c.get("/v1/repos", headers=as_admin).json()["repos"] == []
     assert [k for k, _ in disp.calls] == ["reindex", "reindex", "remove"]
+
+
+def test_a_project_registered_under_its_old_path_is_a_conflict(
+    settings: Settings, registry: RepoRegistry, gitlab: FakeGitLab
+):
+    """Renamed on GitLab before any delivery told us: registering the new path would make a
+    second hook for one project, so it is refused, naming the record that has it."""
+    register_repo(settings, registry, Recorder(), f"{gitlab.url}/{REPO}")
+    project = gitlab.projects.pop(REPO)
+    project["path_with_namespace"] = "banking/payments"
+    gitlab.projects["banking/payments"] = project
+    hooks = len(gitlab.hooks)
+    with pytest.raises(ConflictError, match=REPO):
+        register_repo(settings, registry, Recorder(), f"{gitlab.url}/banking/payments")
+    assert len(gitlab.hooks) == hooks

@@ -2,7 +2,9 @@
 state in a temp dir) and the recorded-shape GitLab payloads of ``tests/fixtures/gitlab``.
 
 The dispatcher here records submits instead of running them: what a dispatcher does with a
-submit is tested in ``test_tasks*.py`` and end to end in ``test_webhooks_e2e.py``.
+submit is tested in ``test_tasks*.py`` and end to end in ``test_webhooks_e2e.py``. The spool
+is real (SQLite in the test's temp dir); its own tests, and a real broker going down and
+coming back, are in ``test_webhook_spool.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from coderag.index.edge import EdgeIndex
 from coderag.repos import RepoRecord, RepoRegistry, hash_secret
 from coderag.settings import Settings
 from webhooks.routes import WEBHOOK_PATH, router
+from webhooks.spool import Forwarder, SpoolError, WebhookSpool
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gitlab"
 REPO = "banking/payments-core"
@@ -39,6 +42,7 @@ class RecordingDispatcher:
 
     def __init__(self) -> None:
         self.pushes: list[tuple[str, str, str, float]] = []
+        self.jobs: list[tuple[str, str]] = []
         self.down = False
 
     def submit_push(
@@ -49,8 +53,21 @@ class RecordingDispatcher:
         self.pushes.append((repo_id, branch, after_sha, received_at))
         return f"task-{len(self.pushes)}"
 
+    def submit_reindex(self, repo_id: str, *, full: bool = True) -> str:
+        if self.down:
+            raise TransientError("broker unavailable: connection refused")
+        self.jobs.append(("reindex", repo_id))
+        return f"job-{len(self.jobs)}"
 
-def make_app(tmp_path: Path, settings: Settings, dispatcher: Any, redis: Any = None) -> FastAPI:
+    def submit_remove(self, repo_id: str, requested_at: float | None = None) -> str:
+        if self.down:
+            raise TransientError("broker unavailable: connection refused")
+        self.jobs.append(("remove", repo_id))
+        return f"job-{len(self.jobs)}"
+
+
+def make_app(tmp_path: Path, settings: Settings, dispatcher: Any) -> FastAPI:
+    """The router over a real registry and spool; ``close_app`` releases them."""
     index = EdgeIndex(tmp_path / "index")
     registry = RepoRegistry(index)
     registry.put(
@@ -68,23 +85,25 @@ def make_app(tmp_path: Path, settings: Settings, dispatcher: Any, redis: Any = N
     app.state.settings = settings
     app.state.registry = registry
     app.state.dispatcher = dispatcher
-    app.state.redis = redis
     app.state.index = index
+    spool = WebhookSpool(settings.webhook_spool_file)
+    app.state.webhook_spool = spool
+    app.state.webhook_forwarder = Forwarder(spool, dispatcher, interval=0.05, max_backoff=0.2)
+    app.state.webhook_forwarder.start()
     return app
 
 
-@pytest.fixture
-def redis_db() -> Iterator[Any]:
-    """A real Redis, db 13 (this module's own), emptied before and after."""
-    import redis
+def close_app(app: FastAPI) -> None:
+    app.state.webhook_forwarder.stop()
+    app.state.webhook_spool.close()
+    app.state.index.close()
 
-    from tests.redis_support import redis_url
 
-    r = redis.Redis.from_url(redis_url(13))
-    r.flushdb()
-    yield r
-    r.flushdb()
-    r.close()
+def wait_for(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -102,7 +121,7 @@ def client(tmp_path: Path, settings: Settings, disp: RecordingDispatcher) -> Ite
     app = make_app(tmp_path, settings, disp)
     with TestClient(app) as c:
         yield c
-    app.state.index.close()
+    close_app(app)
 
 
 def post(
@@ -152,7 +171,9 @@ def test_push_is_accepted_and_enqueued_not_indexed(client: TestClient, disp: Rec
     )
     assert resp.json() == {
         "status": "accepted",
+        "queued": True,
         "task_id": "task-1",
+        "spool_id": 1,
         "repo": REPO,
         "branch": "main",
         "commit": payload["after"],
@@ -201,7 +222,7 @@ def test_tag_push_only_when_tags_are_on(tmp_path: Path, disp: RecordingDispatche
         app = make_app(tmp_path / f"t{on}", settings, disp)
         with TestClient(app) as c:
             body = post(c, fixture("tag_push"), event="Tag Push Hook").json()
-        app.state.index.close()
+        close_app(app)
         if on:
             assert body["status"] == "accepted" and body["branch"] == "tag:v1.4.0"
         else:
@@ -226,7 +247,7 @@ def test_merge_requests_index_same_project_source_branches(tmp_path: Path):
         merged = copy.deepcopy(mr)
         merged["object_attributes"].update(state="merged", action="merge")
         assert post(c, merged, event="Merge Request Hook").json()["action"] == "delete"
-    app.state.index.close()
+    close_app(app)
     assert [(b, s) for _, b, s, _ in disp.pushes] == [
         ("feature/fx-rates-cache", mr["object_attributes"]["last_commit"]["id"]),
         ("feature/fx-rates-cache", NULL),
@@ -251,8 +272,12 @@ def test_unknown_project_is_the_same_401_as_a_wrong_token(
     """No existence oracle: without the secret, a registered and an unregistered project
     look the same."""
     payload = fixture("push")
-    payload["project"]["path_with_namespace"] = "banking/unknown"
+    payload["project"].update(id=999, path_with_namespace="banking/unknown")
     unknown = post(client, payload, token=SECRET)
+    # A registered path under another project id: the path changed hands, still not ours.
+    taken = fixture("push")
+    taken["project"]["id"] = 998
+    assert_error(post(client, taken, token=SECRET), 401, "unauthorized")
     wrong = post(client, fixture("push"), token="wrong-token")
     assert_error(unknown, 401, "unauthorized")
     assert unknown.json()["detail"] == wrong.json()["detail"]
@@ -301,63 +326,157 @@ def test_duplicate_delivery_is_not_enqueued_twice(client: TestClient, disp: Reco
     assert other.json()["status"] == "accepted" and len(disp.pushes) == 2
 
 
-def test_broker_down_is_503_and_the_retry_is_not_a_duplicate(
+def test_broker_down_is_202_spooled_and_forwarded_later(
     client: TestClient, disp: RecordingDispatcher
 ):
+    """GitLab never re-sends a failed delivery: a broker outage is our problem, so the push
+    is accepted from the spool and handed over once the broker answers again."""
     key = "f00dfeed-0000-4000-8000-000000000003"
     disp.down = True
-    assert_error(post(client, fixture("push"), key=key), 503, "unavailable")
+    resp = post(client, fixture("push"), key=key)
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["status"] == "accepted" and body["queued"] is False and body["task_id"] is None
+    spool = client.app.state.webhook_spool
+    assert spool.get(body["spool_id"])["state"] == "pending"
+    assert disp.pushes == []
+    # While the broker is known down, later deliveries do not even try it inline.
+    other = post(client, fixture("push"), key="f00dfeed-0000-4000-8000-00000000000a").json()
+    assert other["queued"] is False
     disp.down = False
-    resp = post(client, fixture("push"), key=key)  # GitLab's retry, same key
-    assert resp.status_code == 202 and resp.json()["status"] == "accepted"
+    wait_for(lambda: len(disp.pushes) == 2)
+    assert spool.get(body["spool_id"])["state"] == "forwarded"
+    assert [p[2] for p in disp.pushes] == [fixture("push")["after"]] * 2
+    # A manual "Resend request" of the accepted delivery (same key) is a duplicate.
+    assert post(client, fixture("push"), key=key).json() == {"status": "duplicate"}
+    assert len(disp.pushes) == 2
 
 
-def test_dedupe_store_down_is_503_with_nothing_enqueued(
+def test_spool_unwritable_is_503_with_a_reason(
     client: TestClient, disp: RecordingDispatcher, monkeypatch: pytest.MonkeyPatch
 ):
-    import redis
+    """The one outage answered 503: nothing durable would hold the delivery."""
+    spool = client.app.state.webhook_spool
 
-    from tests.standin import free_port
-    from webhooks.dedupe import RedisDeduper
+    def full(*a: Any, **kw: Any) -> None:
+        raise SpoolError(f"webhook spool {spool.path}: database or disk is full")
 
-    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
-    monkeypatch.setattr(client.app.state, "webhook_deduper", RedisDeduper(dead), raising=False)
+    monkeypatch.setattr(spool, "add", full)
     resp = post(client, fixture("push"), key="0ff11e00-0000-4000-8000-000000000005")
-    assert_error(resp, 503, "unavailable")
+    assert_error(resp, 503, "spool_unavailable")
+    assert "disk is full" in resp.json()["detail"]
     assert disp.pushes == []
 
 
-def test_a_key_that_could_not_be_remembered_is_not_a_lost_push(
-    client: TestClient, disp: RecordingDispatcher, monkeypatch: pytest.MonkeyPatch
-):
-    """Redis failing between the enqueue and remembering the key: the push is recorded, so
-    the answer is 202, and GitLab's retry is enqueued again (folding makes that harmless)
-    rather than answered "duplicate" for a push that might not exist."""
-    from coderag.errors import TransientError
-    from webhooks.dedupe import MemoryDeduper
-
-    class ForgetfulDeduper(MemoryDeduper):
-        def remember(self, key: str) -> None:
-            raise TransientError("redis unavailable: ConnectionError")
-
-    monkeypatch.setattr(client.app.state, "webhook_deduper", ForgetfulDeduper(), raising=False)
-    key = "0ff11e00-0000-4000-8000-000000000006"
-    first = post(client, fixture("push"), key=key)
-    again = post(client, fixture("push"), key=key)
-    assert first.status_code == 202 and again.status_code == 202
-    assert len(disp.pushes) == 2 and disp.pushes[0][1:3] == disp.pushes[1][1:3]
-
-
-def test_dedupe_in_redis_is_shared_by_api_replicas(
-    tmp_path: Path, settings: Settings, disp: RecordingDispatcher, redis_db: Any
-):
+def test_duplicates_are_per_project(tmp_path: Path, disp: RecordingDispatcher):
+    """The same delivery id on two projects is two deliveries; spooled across a restart of
+    the app (a new spool object on the same file), it is still a duplicate."""
+    settings = Settings(data_dir=tmp_path / "data")
     key = "7e57e57e-0000-4000-8000-000000000004"
     answers = []
-    for replica in ("a", "b"):  # two apps, one Redis: a retry may reach the other replica
-        app = make_app(tmp_path / replica, settings, disp, redis=redis_db)
+    for run in ("a", "b"):
+        app = make_app(tmp_path / run, settings, disp)  # one data dir: one spool file
         with TestClient(app) as c:
             answers.append(post(c, fixture("push"), key=key).json()["status"])
-        app.state.index.close()
-    assert answers == ["accepted", "duplicate"]
-    assert redis_db.ttl(f"coderag:idem:{REPO}:{key}") > 23 * 3600
+            other = fixture("push")
+            other["project"].update(id=16, path_with_namespace="banking/other")
+            app.state.registry.put(
+                RepoRecord(
+                    id="banking/other",
+                    url="https://gitlab.example.com/banking/other.git",
+                    gitlab_project_id=16,
+                    secret_hash=hash_secret(SECRET),
+                )
+            )
+            answers.append(post(c, other, key=key).json()["status"])
+        close_app(app)
+    assert answers == ["accepted", "accepted", "duplicate", "duplicate"]
 
+
+# --- GitLab's own body limit ------------------------------------------------------------------
+def test_a_25_mib_body_is_accepted_and_one_byte_more_is_413(
+    tmp_path: Path, disp: RecordingDispatcher
+):
+    """GitLab caps a webhook payload at 25 MiB: the default accepts exactly that, refuses
+    one byte more (declared or streamed)."""
+    settings = Settings(data_dir=tmp_path / "d")
+    limit = settings.webhook_max_bytes
+    assert limit == 25 * 1024 * 1024
+    base = json.dumps(fixture("push")).encode()
+    body = base[:-1] + b" " * (limit - len(base)) + b"}"  # valid JSON, exactly the cap
+    assert len(body) == limit
+    app = make_app(tmp_path, settings, disp)
+    with TestClient(app) as c:
+        ok = post(c, body)
+        assert ok.status_code == 202 and ok.json()["status"] == "accepted", ok.text[:300]
+        over = body[:-1] + b" }"
+        assert_error(post(c, over), 413, "payload_too_large")
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the stream is counted
+            for i in range(0, len(over), 1 << 20):
+                yield over[i : i + (1 << 20)]
+
+        headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET}
+        streamed = c.post(WEBHOOK_PATH, content=chunks(), headers=headers)
+        assert_error(streamed, 413, "payload_too_large")
+    close_app(app)
+    assert len(disp.pushes) == 1
+
+
+# --- identity by project id -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "new_url,kept",
+    [
+        ("https://gitlab.example.com/treasury/payments-core.git", False),
+        ("https://elsewhere.example.net/treasury/payments-core.git", True),  # token stays home
+    ],
+)
+def test_a_rename_moves_the_record_and_schedules_reindex_and_removal(
+    client: TestClient, disp: RecordingDispatcher, new_url: str, kept: bool
+):
+    payload = fixture("push")
+    payload["project"].update(path_with_namespace="treasury/payments-core", git_http_url=new_url)
+    resp = post(client, payload, key="ren-1")
+    assert resp.status_code == 202 and resp.json()["repo"] == "treasury/payments-core", resp.text
+    registry: RepoRegistry = client.app.state.registry
+    rec = registry.require("treasury/payments-core")
+    assert rec.gitlab_project_id == 15 and rec.hook_id == 42 and rec.previous_ids == [REPO]
+    old_url = "https://gitlab.example.com/banking/payments-core.git"
+    assert rec.url == (old_url if kept else new_url)
+    assert disp.jobs == [("reindex", "treasury/payments-core"), ("remove", REPO)]
+    assert disp.pushes[-1][0] == "treasury/payments-core"
+    # The old path in a later delivery (one sent before the rename, arriving late): found by
+    # id and indexed under the record's current path, not moved back.
+    again = post(client, fixture("push"), key="ren-2")
+    assert again.status_code == 202 and again.json()["repo"] == "treasury/payments-core"
+    assert registry.get_by_project(15).id == "treasury/payments-core" and len(disp.jobs) == 2
+
+
+def test_a_rename_back_after_the_grace_period_moves_the_record_back(
+    client: TestClient, disp: RecordingDispatcher, monkeypatch: pytest.MonkeyPatch
+):
+    import webhooks.routes
+
+    payload = fixture("push")
+    payload["project"]["path_with_namespace"] = "treasury/payments-core"
+    assert post(client, payload, key="ren-4").json()["repo"] == "treasury/payments-core"
+    monkeypatch.setattr(webhooks.routes, "MOVE_BACK_GRACE_S", 0.0)
+    back = post(client, fixture("push"), key="ren-5")
+    assert back.status_code == 202 and back.json()["repo"] == REPO
+    registry: RepoRegistry = client.app.state.registry
+    assert registry.get_by_project(15).id == REPO
+    assert registry.require(REPO).previous_ids == ["treasury/payments-core"]
+    assert disp.jobs[2:] == [("reindex", REPO), ("remove", "treasury/payments-core")]
+
+
+def test_a_rename_while_the_broker_is_down_is_spooled_too(
+    client: TestClient, disp: RecordingDispatcher
+):
+    disp.down = True
+    payload = fixture("push")
+    payload["project"]["path_with_namespace"] = "treasury/payments-core"
+    resp = post(client, payload, key="ren-3")
+    assert resp.status_code == 202 and resp.json()["queued"] is False
+    disp.down = False
+    wait_for(lambda: len(disp.jobs) == 2 and len(disp.pushes) == 1)
+    assert disp.jobs == [("reindex", "treasury/payments-core"), ("remove", REPO)]

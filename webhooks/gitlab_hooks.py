@@ -9,6 +9,15 @@ nowhere else: a URL on another host is refused rather than handed our token.
 Without a GitLab token (``CODERAG_GITLAB_TOKEN`` unset) registration still works in *manual*
 mode: the record and secret are created, and the operator pastes the secret into the
 project's webhook settings.
+
+``signed=True`` also gives the hook a signing token (``whsec_...``, :mod:`webhooks.signature`)
+sent to GitLab as the hook's ``signing_token`` (newer GitLab then signs every delivery; gitlab
+MR 230944, 231325) and stored encrypted with ``CODERAG_SECRET_KEY``; from then on a delivery
+without a valid ``webhook-signature`` is refused. In manual mode the token is returned once,
+to be pasted into the hook settings with the secret.
+
+The hook subscribes to merge request events only when ``CODERAG_INDEX_MERGE_REQUESTS`` is on:
+otherwise GitLab would send, and we would parse and ignore, a delivery per MR update.
 """
 
 from __future__ import annotations
@@ -32,10 +41,19 @@ from coderag.errors import (
     translate,
 )
 from coderag.repos import RepoRecord, RepoRegistry, hash_secret, parse_repo_id
+from coderag.secretbox import SecretBox
 from coderag.settings import Settings
 from webhooks.routes import WEBHOOK_PATH
+from webhooks.signature import new_signing_token, signing_key
 
-__all__ = ["Registration", "hook_url", "register_repo", "remove_repo", "split_project_url"]
+__all__ = [
+    "Registration",
+    "hook_attributes",
+    "hook_url",
+    "register_repo",
+    "remove_repo",
+    "split_project_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +62,20 @@ GITLAB_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class Registration:
-    """The outcome of turning a project on. ``secret`` is shown once and never stored."""
+    """The outcome of turning a project on. ``secret`` is shown once and never stored;
+    ``signing_token`` only in manual mode (with GitLab's API it went to the hook directly)."""
 
     record: RepoRecord
     secret: str
     task_id: str | None
     warning: str | None = None
+    signing_token: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "repo": self.record.public(),
             "secret": self.secret,
+            "signing_token": self.signing_token,
             "task_id": self.task_id,
             "warning": self.warning,
         }
@@ -66,6 +87,23 @@ def hook_url(settings: Settings) -> str:
             "CODERAG_PUBLIC_URL is not set: GitLab needs the URL at which it reaches coderag"
         )
     return settings.public_url.rstrip("/") + WEBHOOK_PATH
+
+
+def hook_attributes(
+    settings: Settings, secret: str, signing_token: str | None = None
+) -> dict[str, Any]:
+    """The project hook coderag asks GitLab for (``POST /projects/:id/hooks``)."""
+    attrs: dict[str, Any] = {
+        "url": hook_url(settings),
+        "token": secret,
+        "push_events": True,
+        "merge_requests_events": bool(settings.index_merge_requests),
+        "tag_push_events": bool(settings.index_tags),
+        "enable_ssl_verification": True,
+    }
+    if signing_token is not None:
+        attrs["signing_token"] = signing_token
+    return attrs
 
 
 def split_project_url(url: str, gitlab_url: str | None) -> tuple[str | None, str]:
@@ -142,9 +180,11 @@ def register_repo(
     branches: Sequence[str] = ("main",),
     *,
     repo_id: str | None = None,
+    signed: bool = False,
 ) -> Registration:
     """Create the hook (when a GitLab token is configured), store the record, schedule the
-    first full index. Compensates on failure: a hook is never left without its record."""
+    first full index. Compensates on failure: a hook is never left without its record.
+    ``signed``: give the hook a signing token as well (needs ``CODERAG_SECRET_KEY``)."""
     branches = [b.strip() for b in branches if b.strip()]
     if not branches:  # before GitLab is called: never a hook whose record cannot be stored
         raise InputError("at least one non-blank branch pattern is needed")
@@ -153,6 +193,10 @@ def register_repo(
     if use_api and not settings.gitlab_url:
         raise ConfigError("set CODERAG_GITLAB_URL: the GitLab token is only sent there")
     secret = secrets.token_urlsafe(32)
+    signing_token = sealed = None
+    if signed:  # before GitLab is called: a missing key must not leave a hook behind
+        signing_token = new_signing_token()
+        sealed = SecretBox(settings.secret_key).encrypt(signing_key(signing_token))
     if use_api:
         assert base is not None
         gl = _client(settings, base)
@@ -161,22 +205,20 @@ def register_repo(
         rid = project.path_with_namespace
         if registry.get(rid) is not None:
             raise ConflictError(f"repository {rid!r} is already registered")
-        hook_attrs = {
-            "url": hook_url(settings),
-            "token": secret,
-            "push_events": True,
-            "merge_requests_events": True,
-            "tag_push_events": bool(settings.index_tags),
-            "enable_ssl_verification": True,
-        }
+        known = registry.get_by_project(int(project.id))
+        if known is not None:  # renamed on GitLab since; its next delivery moves the record
+            raise ConflictError(
+                f"GitLab project {project.id} is already registered as {known.id!r}"
+            )
         with _gitlab_errors(f"creating the hook of {rid}"):
-            hook = project.hooks.create(hook_attrs)
+            hook = project.hooks.create(hook_attributes(settings, secret, signing_token))
         record = RepoRecord(
             id=rid,
             url=project.http_url_to_repo,
             gitlab_project_id=int(project.id),
             branches=list(branches),
             secret_hash=hash_secret(secret),
+            signing_token_enc=sealed,
             hook_id=int(hook.id),
         )
         try:
@@ -191,7 +233,11 @@ def register_repo(
             raise ConflictError(f"repository {rid!r} is already registered")
         record = registry.put(
             RepoRecord(
-                id=rid, url=url.strip(), branches=list(branches), secret_hash=hash_secret(secret)
+                id=rid,
+                url=url.strip(),
+                branches=list(branches),
+                secret_hash=hash_secret(secret),
+                signing_token_enc=sealed,
             )
         )
         log.info("repository registered without a GitLab hook (manual)", extra={"repo": rid})
@@ -202,8 +248,10 @@ def register_repo(
         task_id, warning = None, f"first index not scheduled ({exc.detail}); run reindex"
     if not use_api:
         note = "no GitLab token configured: add the project webhook by hand with this secret"
+        if signed:
+            note += " and this signing token"
         warning = f"{warning}; {note}" if warning else note
-    return Registration(record, secret, task_id, warning)
+    return Registration(record, secret, task_id, warning, None if use_api else signing_token)
 
 
 def _delete_hook(settings: Settings, record: RepoRecord) -> bool:

@@ -13,10 +13,19 @@ signed ``webhook-id``, and the same again on a manual resend) is unique per proj
 repeated delivery, or a replayed signed one, is answered "duplicate" and forwarded once.
 Forwarded rows are kept for ``retention_s`` for that purpose, then pruned.
 
+Besides pushes the spool holds the two jobs a rename or transfer asks for (``kind``
+``reindex``: index the project under its new path; ``remove``: drop the old path's points), so
+they too survive a broker outage and a restart.
+
 One spool file per data dir; several processes may share it (SQLite locks; a row is claimed
-with a conditional UPDATE, so two forwarders never hand over the same row at once). Handing a
-row over twice after a crash between "submitted" and "marked" is harmless: pushes of one
-branch fold into one run, and a run of an indexed commit does nothing.
+with a conditional UPDATE, so two forwarders never hand over the same row at once). It must
+be on a local disk (SQLite's WAL needs shared memory; a network filesystem is not safe), which
+is why several API replicas each keep their own spool. Handing a row over twice after a crash
+between "submitted" and "marked" is harmless: pushes of one branch fold into one run, a run of
+an indexed commit does nothing, and reindex and remove are idempotent.
+
+If the spool itself cannot be written (disk full, read-only volume) :meth:`WebhookSpool.add`
+raises :class:`SpoolError`, a 503: nothing else durable would hold the delivery.
 """
 
 from __future__ import annotations
@@ -26,13 +35,23 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from coderag.errors import CoderagError, TransientError
 
-__all__ = ["Forwarder", "SpoolStats", "SpooledPush", "WebhookSpool"]
+__all__ = [
+    "KIND_PUSH",
+    "KIND_REINDEX",
+    "KIND_REMOVE",
+    "Forwarder",
+    "SpoolError",
+    "SpoolStats",
+    "SpooledPush",
+    "WebhookSpool",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +68,28 @@ CREATE TABLE IF NOT EXISTS deliveries (
     claimed_at REAL,
     forwarded_at REAL,
     task_id TEXT,
-    last_error TEXT
+    last_error TEXT,
+    kind TEXT NOT NULL DEFAULT 'push'
 );
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, id);
 """
+
+KIND_PUSH = "push"
+"""``dispatcher.submit_push(repo, branch, sha, received_at)``."""
+KIND_REINDEX = "reindex"
+"""``dispatcher.submit_reindex(repo, full=False)``: index a renamed project under its new
+path (the embedding cache makes that cost no model calls)."""
+KIND_REMOVE = "remove"
+"""``dispatcher.submit_remove(repo, received_at)``: drop the points of a path a project
+left; ``received_at`` is the removal's request time (a later registration supersedes it)."""
+_KINDS = {KIND_PUSH, KIND_REINDEX, KIND_REMOVE}
+
+
+class SpoolError(CoderagError):
+    """The spool could not be written: the one outage the webhook answers with a 503."""
+
+    error_code = "spool_unavailable"
+    http_status = 503
 
 CLAIM_TIMEOUT_S = 60.0
 """A row claimed longer ago than this belongs to a forwarder that died: it is taken again."""
@@ -68,6 +105,7 @@ class SpooledPush:
     sha: str
     received_at: float
     attempts: int = 0
+    kind: str = KIND_PUSH
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,45 +123,79 @@ class WebhookSpool:
         self.path = Path(path)
         self.retention_s = retention_s
         self._local = threading.local()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._all: list[sqlite3.Connection] = []
+        self._mu = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"webhook spool {self.path}: {exc}") from exc
         with self._conn() as db:
             db.executescript(_SCHEMA)
+            cols = {r[1] for r in db.execute("PRAGMA table_info(deliveries)").fetchall()}
+            if "kind" not in cols:  # a spool written before jobs were spooled too
+                db.execute("ALTER TABLE deliveries ADD COLUMN kind TEXT NOT NULL DEFAULT 'push'")
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # fsync on every commit, WAL included
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
         try:
+            db = getattr(self._local, "db", None)
+            if db is None:
+                db = sqlite3.connect(
+                    self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                )
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # fsync on every commit, WAL included
+                db.execute("PRAGMA busy_timeout=30000")
+                self._local.db = db
+                with self._mu:
+                    self._all.append(db)
             yield db
         except sqlite3.Error as exc:
-            raise CoderagError(f"webhook spool {self.path}: {exc}") from exc
+            raise SpoolError(f"webhook spool {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        """Close every thread's connection (at shutdown; a later call reopens lazily)."""
+        with self._mu:
+            conns, self._all = self._all, []
+        for db in conns:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        self._local = threading.local()
 
     # ------------------------------------------------------------------ writes
     def add(
-        self, repo: str, branch: str, sha: str, received_at: float, dedupe_key: str | None
+        self,
+        repo: str,
+        branch: str,
+        sha: str,
+        received_at: float,
+        dedupe_key: str | None,
+        *,
+        kind: str = KIND_PUSH,
     ) -> SpooledPush | None:
-        """Spool one push durably. ``None`` when ``dedupe_key`` was already spooled."""
+        """Spool one push (or job, see ``kind``) durably: fsynced when this returns.
+        ``None`` when ``dedupe_key`` was already spooled; :class:`SpoolError` when the
+        spool cannot be written."""
+        if kind not in _KINDS:
+            raise ValueError(f"unknown spool row kind {kind!r}")
         with self._conn() as db:
             try:
                 cur = db.execute(
-                    "INSERT INTO deliveries (dedupe_key, repo, branch, sha, received_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (dedupe_key or None, repo, branch, sha, received_at),
+                    "INSERT INTO deliveries (dedupe_key, repo, branch, sha, received_at, kind) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (dedupe_key or None, repo, branch, sha, received_at, kind),
                 )
             except sqlite3.IntegrityError:
                 return None
-        return SpooledPush(int(cur.lastrowid or 0), repo, branch, sha, received_at)
+        return SpooledPush(int(cur.lastrowid or 0), repo, branch, sha, received_at, 0, kind)
+
+    def seen(self, dedupe_key: str) -> bool:
+        """Whether a row with this key is in the spool (any state)."""
+        with self._conn() as db:
+            row = db.execute(
+                "SELECT 1 FROM deliveries WHERE dedupe_key=? LIMIT 1", (dedupe_key,)
+            ).fetchone()
+        return row is not None
 
     def claim(self, row_id: int) -> bool:
         """Take one pending row for forwarding (False: someone else has it, or it is done)."""
@@ -171,26 +243,28 @@ class WebhookSpool:
         return cur.rowcount
 
     # ------------------------------------------------------------------ reads
-    def pending(self, limit: int = 100) -> list[SpooledPush]:
-        """Rows waiting for the dispatcher, oldest first (stale claims included)."""
-        stale = time.time() - CLAIM_TIMEOUT_S
+    def pending(self, limit: int = 100, *, min_age: float = 0.0) -> list[SpooledPush]:
+        """Rows waiting for the dispatcher, oldest first (stale claims included).
+
+        ``min_age``: only rows received at least that many seconds ago (the background
+        drain leaves a just-spooled row to the request that is forwarding it inline).
+        """
+        now = time.time()
         with self._conn() as db:
             rows = db.execute(
-                "SELECT id, repo, branch, sha, received_at, attempts FROM deliveries "
-                "WHERE state='pending' OR (state='forwarding' AND claimed_at<?) "
-                "ORDER BY id LIMIT ?",
-                (stale, limit),
+                "SELECT id, repo, branch, sha, received_at, attempts, kind FROM deliveries "
+                "WHERE (state='pending' OR (state='forwarding' AND claimed_at<?)) "
+                "AND received_at<=? ORDER BY id LIMIT ?",
+                (now - CLAIM_TIMEOUT_S, now - min_age, limit),
             ).fetchall()
         return [SpooledPush(*r) for r in rows]
 
-    def get(self, row_id: int) -> dict[str, object] | None:
+    def get(self, row_id: int) -> dict[str, Any] | None:
         with self._conn() as db:
-            db.row_factory = sqlite3.Row
-            try:
-                row = db.execute("SELECT * FROM deliveries WHERE id=?", (row_id,)).fetchone()
-            finally:
-                db.row_factory = None
-        return dict(row) if row is not None else None
+            cur = db.execute("SELECT * FROM deliveries WHERE id=?", (row_id,))
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
+        return dict(zip(names, row, strict=True)) if row is not None else None
 
     def stats(self) -> SpoolStats:
         with self._conn() as db:
@@ -208,45 +282,59 @@ class WebhookSpool:
         )
 
 
-Submit = Callable[[str, str, str, float], str | None]
-"""``dispatcher.submit_push(repo, branch, sha, received_at) -> task id``."""
-
-
 class Forwarder:
-    """Hands spooled pushes to the dispatcher: at once when it can, later when it cannot.
+    """Hands spooled rows to the dispatcher: at once when it can, later when it cannot.
 
     :meth:`forward` is called inline by the webhook right after spooling (the common case:
     the push reaches the queue before the 202 leaves). A daemon thread drains whatever is left
     (broker down, a process restarted with rows in the spool) every ``interval`` seconds, or
     sooner when :meth:`wake` is called, with a backoff capped at ``max_backoff`` seconds while
     the broker stays down.
+
+    While the last attempt failed (:attr:`broker_down`) the webhook does not try inline at
+    all: each try against a dead broker costs up to a second or two, and GitLab waits only
+    10 s for the answer. The thread keeps trying and clears the flag on its first success.
     """
 
     def __init__(
         self,
         spool: WebhookSpool,
-        submit: Submit,
+        dispatcher: Any,
         *,
         interval: float = 1.0,
         max_backoff: float = 10.0,
+        min_age: float = 2.0,
     ) -> None:
         self.spool = spool
-        self.submit = submit
+        self.dispatcher = dispatcher
         self.interval = interval
         self.max_backoff = max_backoff
+        self.min_age = min_age
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.forwarded = 0
+        self.broker_down = False
+        self.last_error: str | None = None
+
+    def _submit(self, row: SpooledPush) -> str | None:
+        d = self.dispatcher
+        if row.kind == KIND_REINDEX:
+            return d.submit_reindex(row.repo, full=False)
+        if row.kind == KIND_REMOVE:
+            return d.submit_remove(row.repo, row.received_at)
+        return d.submit_push(row.repo, row.branch, row.sha, row.received_at)
 
     def forward(self, push: SpooledPush) -> str | None:
-        """Try to hand one row over now. Returns the task id; raises :class:`TransientError`
+        """Try to hand one row over now. Returns the task id (``None``: another forwarder
+        has the row, or the dispatcher refused it for good); raises :class:`TransientError`
         when the broker is down (the row stays spooled for the thread)."""
         if not self.spool.claim(push.id):
             return None  # another forwarder has it, or it is done
         try:
-            task_id = self.submit(push.repo, push.branch, push.sha, push.received_at)
+            task_id = self._submit(push)
         except TransientError as exc:
+            self._down(str(exc))
             self.spool.release(push.id, str(exc))
             raise
         except CoderagError as exc:
@@ -257,17 +345,25 @@ class Forwarder:
             )
             return None
         except Exception as exc:  # keep the row: an unknown failure is retried, never lost
+            self._down(f"{type(exc).__name__}: {exc}")
             self.spool.release(push.id, f"{type(exc).__name__}: {exc}")
             raise TransientError(f"dispatcher failed: {type(exc).__name__}") from exc
         self.spool.mark_forwarded(push.id, task_id)
         self.forwarded += 1
+        self.broker_down = False
         return task_id
 
-    def drain(self) -> int:
+    def _down(self, error: str) -> None:
+        if not self.broker_down:
+            log.warning("broker unavailable, webhook deliveries stay spooled: %s", error)
+        self.broker_down = True
+        self.last_error = error
+
+    def drain(self, *, min_age: float = 0.0) -> int:
         """Forward every pending row, oldest first; stops at the first broker failure."""
         n = 0
         while True:
-            batch = self.spool.pending(100)
+            batch = self.spool.pending(100, min_age=min_age)
             if not batch:
                 return n
             for push in batch:
@@ -287,11 +383,21 @@ class Forwarder:
             self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, *, drain: bool = False) -> int:
+        """Stop the thread. ``drain``: then try once to hand over what is left (a process
+        shutting down with the broker up leaves an empty spool, even on a volume that does
+        not outlive it); returns how many rows that forwarded."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
+        if not drain or self.broker_down:
+            return 0
+        try:
+            return self.drain()
+        except Exception as exc:  # shutting down: the rows stay spooled for the next start
+            log.warning("spooled deliveries left for the next start: %s", exc)
+            return 0
 
     def _loop(self) -> None:
         backoff = self.interval
@@ -299,15 +405,15 @@ class Forwarder:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                n = self.drain()
+                # While the broker is down every row is the thread's, however young.
+                n = self.drain(min_age=0.0 if self.broker_down else self.min_age)
                 if n:
                     log.info("forwarded spooled pushes", extra={"count": n})
                 backoff = self.interval
                 if time.time() - last_prune > 3600:
                     self.spool.prune()
                     last_prune = time.time()
-            except TransientError as exc:
-                log.warning("broker unavailable, pushes stay spooled: %s", exc)
+            except TransientError:
                 backoff = min(self.max_backoff, max(self.interval, backoff * 2))
             except Exception:  # never let the forwarder die
                 log.exception("spool forwarder failed")

@@ -9,8 +9,11 @@ leaves everything heavy to the lifespan, which runs once per process:
 2. build the repo registry, a Redis client (distributed mode only) and the dispatcher
    (Celery in distributed mode; in embedded mode a background executor in this very process
    that indexes what the webhooks enqueue);
-3. put them on ``app.state`` (``settings``, ``runtime``, ``registry``, ``redis``,
-   ``dispatcher``), where every router reads them.
+3. open the durable webhook spool (``settings.webhook_spool_file``) and start its
+   forwarder, which hands spooled deliveries to the dispatcher whenever the broker is
+   reachable (rows left by a previous run of this process included);
+4. put them on ``app.state`` (``settings``, ``runtime``, ``registry``, ``redis``,
+   ``dispatcher``, ``webhook_spool``, ``webhook_forwarder``), where every router reads them.
 
 This module is a composition root: it imports the routers of every stage (retrieval,
 webhooks, repositories, operations) and the indexer's dispatcher; no router imports it.
@@ -35,12 +38,14 @@ from coderag.api.health import router as health_router
 from coderag.api.repos import router as repos_router
 from coderag.auth import TokenAuth
 from coderag.errors import CoderagError
+from coderag.freshness import start_in_api
 from coderag.logging import configure_logging
 from coderag.repos import RepoRegistry
 from coderag.settings import Settings, get_settings
 from indexer.queue import dispatcher_from_settings
 from retriever.api import router as retrieval_router
 from webhooks.routes import router as webhook_router
+from webhooks.spool import Forwarder, WebhookSpool
 
 if TYPE_CHECKING:  # the runtime imports the model stack: never at import time
     from coderag.runtime import Runtime
@@ -99,6 +104,15 @@ def _lifespan(settings: Settings, injected: Runtime | None) -> Callable[[FastAPI
             app.state.registry = RepoRegistry(runtime.index)
             app.state.redis = _redis_client(settings)
             app.state.dispatcher = dispatcher_from_settings(settings, runtime)
+            # Records stored before the project id index existed are found by id too.
+            await anyio.to_thread.run_sync(app.state.registry.index_projects)
+            spool = WebhookSpool(
+                settings.webhook_spool_file,
+                retention_s=settings.webhook_spool_retention_seconds,
+            )
+            app.state.webhook_spool = spool
+            app.state.webhook_forwarder = Forwarder(spool, app.state.dispatcher).start()
+            app.state.freshness = start_in_api(settings, runtime.index, app.state.dispatcher)
             log.info(
                 "coderag ready",
                 extra={
@@ -110,6 +124,15 @@ def _lifespan(settings: Settings, injected: Runtime | None) -> Callable[[FastAPI
             )
             yield
         finally:
+            if getattr(app.state, "freshness", None) is not None:  # reconcile passes
+                app.state.freshness.stop()
+            app.state.freshness = None
+            forwarder = getattr(app.state, "webhook_forwarder", None)
+            if forwarder is not None:  # before the dispatcher it hands rows to
+                forwarder.stop(drain=True)
+            _close_quietly(getattr(app.state, "webhook_spool", None), "webhook spool")
+            app.state.webhook_forwarder = None
+            app.state.webhook_spool = None
             _close_quietly(getattr(app.state, "dispatcher", None), "dispatcher")
             _close_quietly(getattr(app.state, "redis", None), "redis")
             app.state.dispatcher = None
@@ -142,6 +165,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.state.dispatcher = None
     app.state.registry = None
     app.state.redis = None
+    app.state.webhook_spool = None
+    app.state.webhook_forwarder = None
 
     install_error_handling(app)
 
@@ -150,7 +175,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     # The webhook authenticates with ``X-Gitlab-Token``, not the bearer token. Its statuses
     # in the one error shape, so the schema documents every answer.
     hook_responses = error_responses(400, 401, 413, 422, 500, 503)
-    hook_responses[200] = {"description": "Duplicate delivery (this Idempotency-Key was seen)."}
+    hook_responses[200] = {
+        "description": "Duplicate delivery (this Idempotency-Key or webhook-id was seen)."
+    }
+    hook_responses[503] = {
+        **hook_responses[503],
+        "description": "The webhook spool cannot be written, or the registry cannot be read "
+        "(never a broker outage: deliveries are spooled and forwarded later).",
+    }
     app.include_router(webhook_router, responses=hook_responses)
     app.include_router(repos_router)
     app.include_router(health_router)

@@ -83,6 +83,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _documented("Invalid input (empty query, bad path glob)."),
     401: _documented("Missing or invalid bearer token."),
     403: _documented("The token's scope does not cover a requested repository."),
+    410: _documented(
+        "The repository was renamed or transferred on GitLab (``repo_moved``): the detail "
+        "names its new path."
+    ),
     422: _documented("The request body or parameters do not match the schema."),
     500: _documented("Internal error (details are in the server log, never in the response)."),
     503: _documented("The index or the embedding model is unavailable."),

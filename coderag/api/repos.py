@@ -33,7 +33,7 @@ from coderag.repos import REPO_ID_PATTERN, RepoIdPath, RepoRegistry, parse_repo_
 from coderag.status import repo_status as compute_status
 from webhooks.gitlab_hooks import register_repo, remove_repo
 
-__all__ = ["BranchStatus", "RegisterRepo", "RepoStatus", "router"]
+__all__ = ["BranchStatus", "HookStatus", "RegisterRepo", "RepoStatus", "router"]
 
 # No router-wide tags or responses: the status route is documented as a read (with the
 # retrieval routes' errors), the administration routes with theirs.
@@ -43,7 +43,7 @@ PrincipalDep = Annotated[Principal, Depends(require_principal)]
 _ADMIN: dict[str, Any] = {
     "tags": ["repos"],
     "dependencies": [Depends(require_principal)],
-    "responses": error_responses(400, 401, 403, 404, 409, 422, 500, 502, 503),
+    "responses": error_responses(400, 401, 403, 404, 409, 410, 422, 500, 502, 503),
 }
 """What every administration route shares: its tag, the bearer token, its documented errors."""
 
@@ -58,11 +58,43 @@ class BranchStatus(BaseModel):
     chunks: int
     pending_commit: str | None = Field(description="Newest pushed commit not yet indexed.")
     pending_pushes: int
-    lag_seconds: float = Field(description="Since the oldest push still waiting (0: none).")
+    lag_seconds: float = Field(
+        description="Since the oldest push still waiting (0: none); a push no webhook "
+        "announced counts from the reconciliation pass that found it."
+    )
     last_run_at: float | None
     last_run_seconds: float | None
     last_push_to_indexed_seconds: float | None
     last_error: str | None
+    gitlab_head: str | None = Field(
+        default=None,
+        description="The branch's head on GitLab at the last reconciliation pass (None: not "
+        "listed yet, or not a tracked branch).",
+    )
+    lag_commits: int | None = Field(
+        default=None,
+        description="Commits gitlab_head is ahead of the indexed commit (0: up to date; "
+        "None: unknown, e.g. the mirror does not hold the new commits yet).",
+    )
+    last_reconciled_at: float | None = Field(
+        default=None, description="Unix time of the last pass that listed GitLab's heads."
+    )
+
+
+class HookStatus(BaseModel):
+    """The project hook as GitLab reported it at the last reconciliation pass."""
+
+    repo: str
+    hook_id: int | None
+    managed: bool = Field(description="coderag created the hook and holds a GitLab token.")
+    alert_status: str | None = Field(
+        description="GitLab's alert_status: executable, temporarily_disabled or disabled "
+        "(permanently); None: unknown."
+    )
+    disabled_until: str | None = Field(description="End of a temporary disabling (ISO 8601).")
+    reenabled: bool = Field(description="The pass re-enabled it with a test delivery.")
+    checked_at: float
+    error: str | None = None
 
 
 class RepoStatus(BaseModel):
@@ -74,6 +106,15 @@ class RepoStatus(BaseModel):
     last_run: dict[str, Any] | None
     last_error: str | None
     lag_seconds: float
+    last_reconciled_at: float | None = Field(
+        default=None, description="Unix time of the last pass that listed GitLab's heads."
+    )
+    reconcile_error: str | None = Field(
+        default=None, description="Why the last reconciliation pass failed (None: it worked)."
+    )
+    hook: HookStatus | None = Field(
+        default=None, description="Project hook health (None: no pass yet, or no hook)."
+    )
 
 
 @router.get(
@@ -86,6 +127,11 @@ class RepoStatus(BaseModel):
         404: {
             "model": ErrorResponse,
             "description": "Neither the index nor the registry knows this repository.",
+        },
+        410: {
+            "model": ErrorResponse,
+            "description": "The project was renamed or transferred on GitLab "
+            "(``repo_moved``): the detail names its new path.",
         },
     },
 )
@@ -100,6 +146,9 @@ def repo_status(
     rt = getattr(request.app.state, "runtime", None)
     if rt is None:
         raise TransientError("the service is starting: the index is not open yet")
+    registry = getattr(request.app.state, "registry", None)
+    if registry is not None:  # a path the project left: say where it went (410)
+        registry.check_moved(repo)
     st = compute_status(
         rt.index,
         getattr(request.app.state, "registry", None),
@@ -143,6 +192,12 @@ class RegisterRepo(BaseModel):
         description="Repository id, only for manual registration (no GitLab token "
         "configured); GitLab's path_with_namespace otherwise.",
     )
+    signed: bool = Field(
+        default=False,
+        description="Also give the hook a signing token (``whsec_...``, needs "
+        "CODERAG_SECRET_KEY): GitLab then signs each delivery and an unsigned or badly "
+        "signed one is refused. Manual mode returns the token once, to paste into GitLab.",
+    )
 
 
 def _principal(request: Request) -> Principal:
@@ -179,7 +234,15 @@ def create_repo(body: RegisterRepo, request: Request) -> JSONResponse:
             "a local path or file:// URL makes the server read its own disk: register it "
             "with `coderag repo add` on the server, or through GitLab"
         )
-    reg = register_repo(settings, registry, dispatcher, body.url, body.branches, repo_id=body.id)
+    reg = register_repo(
+        settings,
+        registry,
+        dispatcher,
+        body.url,
+        body.branches,
+        repo_id=body.id,
+        signed=body.signed,
+    )
     return JSONResponse(reg.as_dict(), status_code=201)
 
 

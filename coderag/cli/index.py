@@ -161,40 +161,107 @@ def status(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """What is indexed: repos, branches, commits, chunk counts."""
+    """What is indexed, and how fresh: per branch the indexed commit, GitLab's head, lag in
+    seconds and commits, the last reconciliation; per repository the hook's health."""
     from coderag.index import SearchFilter, branch_state_prefix
+    from coderag.repos import RepoRegistry
     from coderag.runtime import build_runtime
+    from coderag.status import repo_status
 
     settings = load_settings(data_dir)
+    coordinator = _coordinator(settings)
     with build_runtime(settings) as rt:
         rt.warm_up()
         states = rt.index.list_state(branch_state_prefix())
+        registry = RepoRegistry(rt.index)
+        names = {str(st["repo"]) for st in states.values()} | {r.id for r in registry.list()}
+        repos = [
+            st
+            for st in (repo_status(rt.index, registry, coordinator, n) for n in sorted(names))
+            if st is not None
+        ]
+        fresh = {(r["repo"], b["branch"]): b for r in repos for b in r["branches"]}
         rows = []
         for st in states.values():
             n = rt.index.count(SearchFilter(repos=[st["repo"]], branch=st["branch"]))
-            rows.append({**st, "chunks": n})
+            b = fresh.get((st["repo"], st["branch"])) or {}
+            rows.append({**st, "chunks": n, **{k: b.get(k) for k in _FRESHNESS}})
         total = rt.index.count()
     out = {
         "backend": settings.resolved_backend,
         "data_dir": str(settings.data_dir),
         "chunks": total,
         "branches": rows,
+        "repos": [_repo_summary(r) for r in repos],
     }
     if as_json:
-        print(json.dumps(out, indent=2))
+        print(json.dumps(out, indent=2, default=str))
         return
     t = Table(title=f"coderag index ({out['backend']}, {total} chunks)")
-    for col in ("repo", "branch", "commit", "chunks", "indexed"):
+    for col in ("repo", "branch", "commit", "gitlab head", "behind", "lag s", "chunks"):
         t.add_column(col)
-    for r in rows:
-        t.add_row(
-            r["repo"],
-            r["branch"],
-            r["commit"][:12],
-            str(r["chunks"]),
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(r.get("indexed_at", 0))),
-        )
+    for col in ("indexed", "reconciled"):
+        t.add_column(col)
+    for r in repos:
+        for b in r["branches"]:
+            behind = b["lag_commits"]
+            t.add_row(
+                r["repo"],
+                b["branch"],
+                (b["commit"] or "-")[:12],
+                (b["gitlab_head"] or "-")[:12],
+                "?" if behind is None and b["gitlab_head"] else str(behind or 0),
+                f"{b['lag_seconds']:.0f}",
+                str(b["chunks"]),
+                _when(b["indexed_at"]),
+                _when(b["last_reconciled_at"]),
+            )
     err.print(t)
+    hooks = [r for r in out["repos"] if r["hook"] or r["reconcile_error"]]
+    if hooks:
+        h = Table(title="GitLab hooks and reconciliation")
+        for col in ("repo", "hook", "disabled until", "last reconciled", "error"):
+            h.add_column(col)
+        for r in hooks:
+            hook = r["hook"] or {}
+            h.add_row(
+                r["repo"],
+                str(hook.get("alert_status") or "-")
+                + (" (re-enabled)" if hook.get("reenabled") else ""),
+                str(hook.get("disabled_until") or "-"),
+                _when(r["last_reconciled_at"]),
+                str(r["reconcile_error"] or hook.get("error") or ""),
+            )
+        err.print(h)
+
+
+_FRESHNESS = ("gitlab_head", "lag_commits", "lag_seconds", "last_reconciled_at")
+"""The per-branch freshness fields that ``coderag status`` adds to each indexed branch."""
+
+
+def _repo_summary(st: dict[str, Any]) -> dict[str, Any]:
+    """A repository in ``coderag status --json``: its freshness, hook health, branches."""
+    keys = ("repo", "registered", "lag_seconds", "last_reconciled_at", "reconcile_error")
+    return {**{k: st.get(k) for k in keys}, "hook": st.get("hook"), "branches": st["branches"]}
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _coordinator(settings: Settings) -> Any | None:
+    """The pending pushes of the distributed mode (Redis); embedded mode keeps them in the
+    serving process, so a separate ``coderag status`` sees none."""
+    if not settings.distributed:
+        return None
+    import redis
+
+    from indexer.queue.coordination import RedisCoordinator
+
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0
+    )
+    return RedisCoordinator(client)
 
 
 def warmup(data_dir: DataDir = None) -> None:

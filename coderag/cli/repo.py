@@ -104,6 +104,14 @@ def repo_add(
     ],
     branches: Annotated[str, typer.Option(help="Comma-separated fnmatch patterns.")] = "main",
     repo_id: Annotated[str | None, typer.Option("--id", help="Repo id (manual mode).")] = None,
+    signed: Annotated[
+        bool,
+        typer.Option(
+            "--signed",
+            help="Give the hook a signing token too (needs CODERAG_SECRET_KEY): unsigned "
+            "deliveries are then refused.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
     as_json: AsJson = False,
 ) -> None:
@@ -114,7 +122,9 @@ def repo_add(
     settings = load_settings(data_dir)
     patterns = [b.strip() for b in branches.split(",") if b.strip()]
     with _Session(settings, need_runtime=True) as s:
-        reg = register_repo(settings, s.registry, s.dispatcher, url, patterns, repo_id=repo_id)
+        reg = register_repo(
+            settings, s.registry, s.dispatcher, url, patterns, repo_id=repo_id, signed=signed
+        )
         s.wait()
         if as_json:
             print(json.dumps(reg.as_dict(), indent=2))
@@ -124,6 +134,10 @@ def repo_add(
                 f"hook {reg.record.hook_id or 'manual'}"
             )
             err.print(f"webhook secret (shown once): [bold]{reg.secret}[/bold]")
+            if reg.signing_token:
+                err.print(f"signing token (shown once): [bold]{reg.signing_token}[/bold]")
+            elif reg.record.signed:
+                err.print("signed deliveries: the signing token went to GitLab's hook")
             if reg.warning:
                 err.print(f"[yellow]{reg.warning}[/yellow]")
             _print_runs(s, reg.record.id)

@@ -6,8 +6,9 @@
   same folding rules, run by a background thread inside the API process; no broker, no Redis.
 
 Both answer ``submit_*`` in milliseconds and never index in the caller's thread. When the
-broker (or Redis) is down ``submit_*`` raises :class:`~coderag.errors.TransientError`, which
-the webhook answers with a 503.
+broker (or Redis) is down ``submit_*`` raises :class:`~coderag.errors.TransientError`; the
+webhook has spooled the push durably first and answers 202 anyway, and the spool's forwarder
+submits it again once the broker is back (:mod:`webhooks.spool`).
 
 The folding rules of a push (record it as the branch's pending commit, queue a run only when
 this push wins the branch's "scheduled" flag) are :class:`~indexer.queue.folding.PushFolding`,

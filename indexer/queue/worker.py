@@ -3,7 +3,8 @@
 Importing this module (``coderag worker`` does) installs the job-context builder in
 :mod:`indexer.queue.celery_app` and connects the worker signals: the model loads and the index
 opens in ``worker_process_init`` (after any fork), the orphan sweep
-(:mod:`indexer.queue.recovery`) starts in ``worker_ready``, and the index closes on shutdown.
+(:mod:`indexer.queue.recovery`) and the reconciliation pass (:mod:`coderag.freshness`) start
+in ``worker_ready``, and the index closes on shutdown.
 A process that only sends tasks (the API) never imports it, so sending stays light.
 """
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _reconciler: Any = None
+_freshness: Any = None
 
 
 def build_context(settings: Settings) -> JobContext:
@@ -103,14 +105,39 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         old.stop()
 
 
+@signals.worker_ready.connect
+def _start_freshness(sender: Any = None, **_: Any) -> None:
+    """Start the reconciliation pass (:mod:`coderag.freshness`) in the worker's main process;
+    a Redis lock lets one worker of the fleet run each interval's pass."""
+    global _freshness
+    settings = celery_app.configured_settings()
+    if settings is None:
+        return
+    from coderag.freshness import start_in_worker
+
+    try:
+        started = start_in_worker(settings, getattr(sender, "app", None))
+    except Exception:  # keep the worker up: webhooks still schedule their own runs
+        log.exception("reconcile pass not started")
+        return
+    with _lock:
+        old, _freshness = _freshness, started
+    if old is not None:
+        old.stop()
+
+
 @signals.worker_shutdown.connect
 def _stop_reconciler(**_: Any) -> None:
-    global _reconciler
+    global _reconciler, _freshness
     with _lock:
         rec, _reconciler = _reconciler, None
     if rec is not None:
         rec.stop()
         rec.dispatcher.close()
+    with _lock:
+        fresh, _freshness = _freshness, None
+    if fresh is not None:
+        fresh.stop()
 
 
 @signals.worker_process_shutdown.connect
