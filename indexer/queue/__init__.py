@@ -2,8 +2,8 @@
 
 - :mod:`~indexer.queue.names`: task and queue names, message expiry, retry policy;
 - :mod:`~indexer.queue.coordination`: pending commits, "scheduled" flags and branch locks;
-- :mod:`~indexer.queue.dispatcher`: the :class:`Dispatcher` protocol and
-  :func:`dispatcher_from_settings`;
+- :mod:`~indexer.queue.dispatcher`: the :class:`Dispatcher` protocol;
+- :mod:`~indexer.queue.factory`: :func:`dispatcher_from_settings`;
 - :mod:`~indexer.queue.folding`: the push-folding rules, written once for both dispatchers;
 - :mod:`~indexer.queue.embedded`: :class:`EmbeddedDispatcher`, jobs in threads, no Celery;
 - :mod:`~indexer.queue.celery_app`, :mod:`~indexer.queue.tasks`,
@@ -35,8 +35,9 @@ if TYPE_CHECKING:
         Pending,
         RedisCoordinator,
     )
-    from indexer.queue.dispatcher import Dispatcher, dispatcher_from_settings
+    from indexer.queue.dispatcher import Dispatcher
     from indexer.queue.embedded import EmbeddedDispatcher
+    from indexer.queue.factory import dispatcher_from_settings
     from indexer.queue.folding import PushFolding
     from indexer.queue.names import (
         DELETE_BRANCH,
@@ -93,7 +94,8 @@ _HOMES = {
     ),
     "celery_dispatcher": ("CeleryDispatcher",),
     "coordination": ("Coordinator", "MemoryCoordinator", "Pending", "RedisCoordinator"),
-    "dispatcher": ("Dispatcher", "dispatcher_from_settings"),
+    "dispatcher": ("Dispatcher",),
+    "factory": ("dispatcher_from_settings",),
     "folding": ("PushFolding",),
     "embedded": ("EmbeddedDispatcher",),
     "names": (

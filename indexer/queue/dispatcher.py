@@ -1,5 +1,8 @@
 """How work leaves the request: one :class:`Dispatcher` protocol, two ways to run it.
 
+The protocol only: :func:`~indexer.queue.factory.dispatcher_from_settings` picks one, so
+the jobs can name the protocol without importing the dispatchers that run them.
+
 - :class:`~indexer.queue.celery_dispatcher.CeleryDispatcher` (distributed): records the push
   in Redis and sends a task by its constant name to the broker; Celery workers run it.
 - :class:`~indexer.queue.embedded.EmbeddedDispatcher` (embedded default): the same jobs, the
@@ -17,14 +20,9 @@ which both dispatchers use; only how a run is queued differs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from coderag.settings import Settings
-
-if TYPE_CHECKING:
-    from coderag.runtime import Runtime
-
-__all__ = ["Dispatcher", "dispatcher_from_settings"]
+__all__ = ["Dispatcher"]
 
 
 @runtime_checkable
@@ -55,17 +53,3 @@ class Dispatcher(Protocol):
     def task_status(self, task_id: str) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
-
-
-def dispatcher_from_settings(settings: Settings, runtime: Runtime) -> Dispatcher:
-    """Celery when a broker is configured, the in-process executor otherwise.
-
-    Each dispatcher is imported only when chosen, so embedded mode never loads Celery.
-    """
-    if settings.distributed:
-        from indexer.queue.celery_dispatcher import CeleryDispatcher
-
-        return CeleryDispatcher(settings)
-    from indexer.queue.embedded import EmbeddedDispatcher
-
-    return EmbeddedDispatcher(runtime)
