@@ -1,8 +1,24 @@
 """Bearer-token auth and the tenant boundary of every read.
 
-Tokens come from ``settings.api_tokens`` (token -> repos it may read, ``["*"]`` for all). An
-empty mapping disables auth: the embedded single-user default on a laptop. GitLab webhooks do
-not use these tokens (they carry ``X-Gitlab-Token``, checked by ``webhooks/``).
+Three kinds of bearer token, tried in this order (:class:`Authenticator`):
+
+* **Service tokens** (``settings.api_tokens``: token -> repos it may read, ``["*"]`` for all):
+  service accounts with explicit scopes (an evaluation job, an admin's CLI).
+* **Delegation tokens** (``settings.delegation_tokens``): a gateway (the LiteLLM hook) that acts
+  for one of its authenticated users, named in the :data:`ACTING_FOR_HEADER` header. Such a
+  token reads nothing of its own: without a user it is refused, with one it reads exactly what
+  that user may read in GitLab. So the gateway never reads "as everyone".
+* **OIDC tokens** (JWTs of the site's identity provider, :mod:`coderag.oidc`): a person, whose
+  readable repos are the GitLab projects GitLab lets them read (:mod:`coderag.permissions`).
+
+No token of any kind configured disables auth: the embedded single-user default on a laptop.
+GitLab webhooks do not use these tokens (they carry ``X-Gitlab-Token``, checked by
+``webhooks/``).
+
+A person's scope is resolved when the request is authenticated, from GitLab's answer cached per
+user (TTL), so a member removed in GitLab loses access within the TTL. GitLab unreachable with
+nothing cached is a 503 (fail closed): never an empty scope that looks like "no results", never
+the full index.
 
 Two rules make the boundary hold whatever the request says:
 
@@ -21,25 +37,40 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from coderag.errors import AuthError, ForbiddenError
+from coderag.errors import AuthError, ConfigError, ForbiddenError
 
 __all__ = [
+    "ACTING_FOR_HEADER",
     "ALL_REPOS",
     "ANONYMOUS",
+    "Authenticator",
+    "PermissionSource",
     "Principal",
+    "PrincipalKind",
     "TokenAuth",
+    "TokenVerifier",
+    "authenticator_from_settings",
     "bearer_scheme",
     "require_principal",
     "token_id",
 ]
 
 ALL_REPOS = "*"
+audit_log = logging.getLogger("coderag.audit")
+ACTING_FOR_HEADER = "x-coderag-user"
+"""Header naming the user a delegation token acts for (the gateway's authenticated user)."""
+
+PrincipalKind = Literal["anonymous", "service", "delegated", "oidc"]
 
 
 def token_id(token: str) -> str:
@@ -49,14 +80,27 @@ def token_id(token: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is asking, and which repos they may read (``repos=None``: every repo)."""
+    """Who is asking, and which repos they may read (``repos=None``: every repo).
+
+    ``kind`` says how the caller authenticated; ``username`` and ``subject`` name the person
+    for OIDC and delegated callers (``subject`` is the IdP's ``sub``, known for OIDC only), so
+    the audit line says who read, not only which token.
+    """
 
     token_id: str
     repos: frozenset[str] | None
+    kind: PrincipalKind = "service"
+    subject: str | None = None
+    username: str | None = None
 
     @property
     def unrestricted(self) -> bool:
         return self.repos is None
+
+    @property
+    def label(self) -> str:
+        """How errors name the caller: ``user alice`` or ``token 3f2a...``."""
+        return f"user {self.username}" if self.username else f"token {self.token_id}"
 
     def can_read(self, repo: str) -> bool:
         return self.repos is None or repo in self.repos
@@ -72,60 +116,242 @@ class Principal:
         if wanted:
             denied = sorted({r for r in wanted if not self.can_read(r)})
             if denied:
-                raise ForbiddenError(
-                    f"token {self.token_id} may not read: {', '.join(denied[:10])}"
-                )
+                raise ForbiddenError(f"{self.label} may not read: {', '.join(denied[:10])}")
             return list(dict.fromkeys(wanted))
         if self.repos is None:
             return None
         if not self.repos:
-            raise ForbiddenError(f"token {self.token_id} has no repositories in scope")
+            raise ForbiddenError(f"{self.label} has no repositories in scope")
         return sorted(self.repos)
 
 
-ANONYMOUS = Principal(token_id="anonymous", repos=None)
+ANONYMOUS = Principal(token_id="anonymous", repos=None, kind="anonymous")
 """The principal of every request while auth is disabled (no tokens configured)."""
 
 
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise AuthError("expected an Authorization header of the form 'Bearer <token>'")
+    return value.strip()
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 class TokenAuth:
-    """Resolves an ``Authorization`` header to a :class:`Principal`."""
+    """Resolves an ``Authorization`` header to the :class:`Principal` of a service token.
+
+    The static part of :class:`Authenticator`, usable alone where only service tokens exist.
+    """
 
     def __init__(self, tokens: Mapping[str, Iterable[str]]) -> None:
         self._entries: list[tuple[bytes, Principal]] = []
         for token, repos in tokens.items():
             repo_list = [str(r) for r in repos]
             scope = None if ALL_REPOS in repo_list else frozenset(repo_list)
-            digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-            self._entries.append((digest, Principal(token_id(token), scope)))
+            self._entries.append((_digest(token), Principal(token_id(token), scope)))
 
     @property
     def enabled(self) -> bool:
         return bool(self._entries)
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """The principal for an ``Authorization: Bearer <token>`` header value."""
-        if not self.enabled:
-            return ANONYMOUS
-        if not authorization:
-            raise AuthError("missing bearer token (Authorization: Bearer <token>)")
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthError("expected an Authorization header of the form 'Bearer <token>'")
-        digest = hashlib.sha256(value.strip().encode("utf-8", "surrogatepass")).digest()
+    def match(self, token: str) -> Principal | None:
+        """The principal of ``token``, compared in constant time against every entry."""
+        digest = _digest(token)
         found: Principal | None = None
         for known, principal in self._entries:  # no early exit: same time for every token
             if hmac.compare_digest(known, digest):
                 found = principal
+        return found
+
+    def authenticate(self, authorization: str | None, acting_for: str | None = None) -> Principal:
+        """The principal for an ``Authorization: Bearer <token>`` header value."""
+        if not self.enabled:
+            return ANONYMOUS
+        found = self.match(_bearer(authorization))
         if found is None:
             raise AuthError("invalid token")
+        if acting_for:
+            raise ForbiddenError(
+                f"token {found.token_id} may not act for a user ({ACTING_FOR_HEADER}): only a "
+                "delegation token may"
+            )
         return found
+
+
+class TokenVerifier(Protocol):
+    """What :class:`Authenticator` needs of an OIDC verifier (``coderag.oidc.OIDCVerifier``)."""
+
+    def verify(self, token: str) -> Any: ...  # an Identity: .subject, .username
+
+    @staticmethod
+    def looks_like_jwt(token: str) -> bool: ...
+
+
+class PermissionSource(Protocol):
+    """What :class:`Authenticator` needs of GitLab (``coderag.permissions.GitLabPermissions``)."""
+
+    def readable(self, username: str, projects: Mapping[str, int]) -> frozenset[str]: ...
+
+
+class Authenticator:
+    """Service tokens, then delegation tokens, then OIDC JWTs (see the module docstring).
+
+    ``projects`` returns the registered repositories that belong to a GitLab project
+    (repo id -> project id): the only repos a person can be granted, since GitLab is the source
+    of what they may read. It is read at most every ``projects_cache_seconds``.
+    """
+
+    def __init__(
+        self,
+        tokens: Mapping[str, Iterable[str]],
+        *,
+        delegation_tokens: Iterable[str] = (),
+        oidc: TokenVerifier | None = None,
+        permissions: PermissionSource | None = None,
+        projects: Callable[[], Mapping[str, int]] | None = None,
+        projects_cache_seconds: float = 5.0,
+    ) -> None:
+        self.static = TokenAuth(tokens)
+        self._delegation = [(_digest(t), token_id(t)) for t in delegation_tokens]
+        self.oidc = oidc
+        self.permissions = permissions
+        if (self._delegation or oidc is not None) and (permissions is None or projects is None):
+            raise ConfigError(
+                "OIDC and delegation tokens need GitLab permissions (CODERAG_GITLAB_URL and a "
+                "token that may read memberships)"
+            )
+        self._projects = projects
+        self._projects_ttl = projects_cache_seconds
+        self._projects_cache: tuple[float, Mapping[str, int]] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.static.enabled or bool(self._delegation) or self.oidc is not None
+
+    def _delegation_id(self, token: str) -> str | None:
+        digest = _digest(token)
+        found: str | None = None
+        for known, tid in self._delegation:
+            if hmac.compare_digest(known, digest):
+                found = tid
+        return found
+
+    def gitlab_projects(self) -> Mapping[str, int]:
+        """Registered repo id -> GitLab project id, cached for a few seconds."""
+        assert self._projects is not None
+        now = time.monotonic()
+        with self._lock:
+            cached = self._projects_cache
+            if cached is not None and now - cached[0] < self._projects_ttl:
+                return cached[1]
+        projects = dict(self._projects())
+        with self._lock:
+            self._projects_cache = (now, projects)
+        return projects
+
+    def _user_scope(self, username: str) -> frozenset[str]:
+        assert self.permissions is not None
+        return self.permissions.readable(username, self.gitlab_projects())
+
+    def authenticate(self, authorization: str | None, acting_for: str | None = None) -> Principal:
+        """The principal for an ``Authorization`` header (and the acting-for header)."""
+        if not self.enabled:
+            return ANONYMOUS
+        token = _bearer(authorization)
+        acting_for = (acting_for or "").strip() or None
+        service = self.static.match(token)
+        delegated = self._delegation_id(token)
+        if service is not None:
+            if acting_for:
+                raise ForbiddenError(
+                    f"token {service.token_id} may not act for a user ({ACTING_FOR_HEADER}): "
+                    "only a delegation token may"
+                )
+            return service
+        if delegated is not None:
+            if not acting_for:
+                raise AuthError(
+                    f"token {delegated} is a delegation token: it reads only for a user named "
+                    f"in the {ACTING_FOR_HEADER} header"
+                )
+            if len(acting_for) > 255 or any(c.isspace() or ord(c) < 32 for c in acting_for):
+                raise AuthError(f"malformed {ACTING_FOR_HEADER} header")
+            repos = self._user_scope(acting_for)
+            return Principal(delegated, repos, kind="delegated", username=acting_for)
+        if self.oidc is not None and self.oidc.looks_like_jwt(token):
+            identity = self.oidc.verify(token)
+            if acting_for:
+                raise ForbiddenError(
+                    f"user {identity.username} may not act for another user ({ACTING_FOR_HEADER})"
+                )
+            repos = self._user_scope(identity.username)
+            return Principal(
+                token_id=token_id(identity.subject),
+                repos=repos,
+                kind="oidc",
+                subject=identity.subject,
+                username=identity.username,
+            )
+        raise AuthError("invalid token")
+
+
+def authenticator_from_settings(
+    settings: Any, projects: Callable[[], Mapping[str, int]] | None = None
+) -> Authenticator:
+    """The :class:`Authenticator` the settings describe (OIDC and GitLab clients built here,
+    so the API's app factory stays free of identity details)."""
+    oidc: TokenVerifier | None = None
+    permissions: PermissionSource | None = None
+    if settings.oidc_issuer:
+        from coderag.oidc import OIDCVerifier
+
+        oidc = OIDCVerifier(
+            settings.oidc_issuer,
+            settings.oidc_audience,
+            jwks_url=settings.oidc_jwks_url,
+            jwks_file=settings.oidc_jwks_file,
+            algorithms=settings.oidc_algorithms,
+            user_claim=settings.oidc_user_claim,
+            leeway_seconds=settings.oidc_leeway_seconds,
+        )
+    if settings.oidc_issuer or settings.delegation_tokens:
+        from coderag.permissions import GitLabPermissions
+
+        token = settings.permissions_gitlab_token or settings.gitlab_token
+        if not settings.gitlab_url or token is None:
+            raise ConfigError(
+                "per-user access (CODERAG_OIDC_ISSUER or CODERAG_DELEGATION_TOKENS) reads "
+                "permissions from GitLab: set CODERAG_GITLAB_URL and "
+                "CODERAG_PERMISSIONS_GITLAB_TOKEN (or CODERAG_GITLAB_TOKEN)"
+            )
+        permissions = GitLabPermissions(
+            settings.gitlab_url,
+            token.get_secret_value(),
+            ttl_seconds=settings.permissions_ttl_seconds,
+            min_access_level=settings.permissions_min_access_level,
+            user_lookup=settings.permissions_user_lookup,
+        )
+    return Authenticator(
+        settings.api_tokens,
+        delegation_tokens=[t.get_secret_value() for t in settings.delegation_tokens],
+        oidc=oidc,
+        permissions=permissions,
+        projects=projects,
+    )
 
 
 # --- FastAPI glue ---------------------------------------------------------------------------
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
-    description="An API token from CODERAG_API_TOKENS (not needed while auth is disabled).",
+    description="A service token (CODERAG_API_TOKENS), a delegation token with the "
+    "X-Coderag-User header, or the user's OIDC access token (not needed while auth is disabled).",
 )
 
 
@@ -135,7 +361,21 @@ def require_principal(
 ) -> Principal:
     """FastAPI dependency: the caller's :class:`Principal`, also left on ``request.state``
     so other routers (repo administration) can scope what they show."""
-    auth: TokenAuth | None = getattr(request.app.state, "auth", None)
-    principal = (auth or TokenAuth({})).authenticate(request.headers.get("authorization"))
+    auth: Authenticator | TokenAuth | None = getattr(request.app.state, "auth", None)
+    try:
+        principal = (auth or TokenAuth({})).authenticate(
+            request.headers.get("authorization"), request.headers.get(ACTING_FOR_HEADER)
+        )
+    except AuthError as exc:  # a refused credential is an audit event too (never the token)
+        audit_log.info(
+            "auth_refused",
+            extra={
+                "path": request.url.path,
+                "error_code": exc.error_code,
+                "reason": exc.detail,
+                "client": request.client.host if request.client else None,
+            },
+        )
+        raise
     request.state.principal = principal
     return principal

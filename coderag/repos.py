@@ -282,6 +282,18 @@ class RepoRegistry:
         self.index.set_state(self._key(old_id), None)
         return moved
 
+    def gitlab_projects(self) -> dict[str, int]:
+        """Registered repo id -> GitLab project id, for every record that has one: the repos a
+        person can be granted (their permissions come from GitLab, by project id). Read from
+        the ``project/<id>`` entries, so renames are followed."""
+        out: dict[str, int] = {}
+        for key, value in self.index.list_state(PROJECT_STATE_PREFIX).items():
+            pid = key.removeprefix(PROJECT_STATE_PREFIX)
+            repo = value.get("repo") if isinstance(value, dict) else None
+            if pid.isdigit() and isinstance(repo, str):
+                out[repo] = int(pid)
+        return out
+
     def list(self) -> list[RepoRecord]:
         states = self.index.list_state(REPO_STATE_PREFIX)
         return sorted((RepoRecord.model_validate(v) for v in states.values()), key=lambda r: r.id)

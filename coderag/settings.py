@@ -7,12 +7,13 @@ would silently do the wrong thing (a distributed index without a URL, a default 
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
 
@@ -80,6 +81,53 @@ class Settings(BaseSettings):
     api_tokens: dict[str, list[str]] = Field(default_factory=dict)
     """Bearer token -> repos it may read (``["*"]`` for all). Empty: auth disabled (embedded
     single-user default); set it for any shared deployment."""
+    delegation_tokens: list[SecretStr] = Field(default_factory=list)
+    """Tokens of gateways (the LiteLLM hook) that act for one of their authenticated users,
+    named in the ``X-Coderag-User`` header: each such request reads exactly what that user may
+    read in GitLab, and a request without a user is refused. They read nothing of their own."""
+    oidc_issuer: str | None = None
+    """Issuer URL of the site's OIDC provider (Keycloak: ``https://<host>/realms/<realm>``).
+    Set: bearer JWTs of that issuer authenticate people, whose repos come from GitLab."""
+    oidc_audience: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["coderag"])
+    """Accepted ``aud`` values (a token must name at least one)."""
+    oidc_jwks_url: str | None = None
+    """The issuer's JWKS URL, when discovery (``/.well-known/openid-configuration``) is not
+    reachable or not wanted."""
+    oidc_jwks_file: Path | None = None
+    """A JWKS file: a fully offline site's keys, never fetched (replace it when keys rotate)."""
+    oidc_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "RS256",
+            "RS384",
+            "RS512",
+            "PS256",
+            "PS384",
+            "PS512",
+            "ES256",
+            "ES384",
+            "ES512",
+            "EdDSA",
+        ]
+    )
+    """Signature algorithms accepted: asymmetric only (``none`` and ``HS*`` are refused)."""
+    oidc_user_claim: str = "preferred_username"
+    """The claim that names the user as GitLab knows them (``preferred_username``,
+    ``email``, ``sub``)."""
+    oidc_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``."""
+    permissions_gitlab_token: SecretStr | None = None
+    """GitLab token that may read users, projects and memberships (an administrator's
+    ``read_api`` token sees every membership and the ``external`` flag). Default: the
+    ``gitlab_token``."""
+    permissions_ttl_seconds: float = Field(default=300.0, ge=0)
+    """How long a user's GitLab permissions are cached: a removed member loses access within
+    this time. Cached answers still count while GitLab is down; nothing else does."""
+    permissions_min_access_level: int = Field(default=20, ge=10, le=50)
+    """Least GitLab role that reads code by membership (20 = Reporter)."""
+    permissions_user_lookup: Literal["username", "email"] = "username"
+    """How the token's user claim is found in GitLab: as a username, or as an email."""
+    audit_query_text: bool = False
+    """Write the query text into audit lines. Off: a query often quotes the code."""
     celery_broker_url: str | None = None
     """``None``: embedded mode, tasks run in-process. Set (``redis://...``): distributed."""
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -143,7 +191,40 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
-    @field_validator("gitlab_token", "qdrant_api_key")
+    @field_validator("oidc_audience", "oidc_algorithms", mode="before")
+    @classmethod
+    def _list_or_words(cls, v: Any) -> Any:
+        """A JSON list (``["coderag","ide"]``) or plain words (``coderag`` or ``a,b``)."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [w.strip() for w in text.split(",") if w.strip()]
+        return v
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a.lower() == "none" or a.upper().startswith("HS")]
+        if bad:
+            raise ValueError(
+                f"refusing OIDC algorithms {bad}: 'none' verifies nothing and HS* would accept "
+                "tokens signed with the issuer's public key"
+            )
+        if not v:
+            raise ValueError("CODERAG_OIDC_ALGORITHMS must name at least one algorithm")
+        return v
+
+    @field_validator("delegation_tokens")
+    @classmethod
+    def _real_delegation_tokens(cls, v: list[SecretStr]) -> list[SecretStr]:
+        for t in v:
+            raw = t.get_secret_value()
+            if raw.strip().lower() in _FORBIDDEN_SECRETS or len(raw) < 16:
+                raise ValueError("delegation tokens must be at least 16 characters, not a default")
+        return v
+
+    @field_validator("gitlab_token", "qdrant_api_key", "permissions_gitlab_token")
     @classmethod
     def _no_default_secret(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and v.get_secret_value().strip().lower() in _FORBIDDEN_SECRETS:
@@ -174,7 +255,22 @@ class Settings(BaseSettings):
     def _check_backend(self) -> Settings:
         if self.index_backend == "server" and not self.qdrant_url:
             raise ValueError("index_backend=server needs CODERAG_QDRANT_URL")
+        overlap = set(self.api_tokens) & {t.get_secret_value() for t in self.delegation_tokens}
+        if overlap:
+            raise ValueError("a token cannot be both a service token and a delegation token")
+        if (self.oidc_issuer or self.delegation_tokens) and not (
+            self.gitlab_url and (self.permissions_gitlab_token or self.gitlab_token)
+        ):
+            raise ValueError(
+                "per-user access (CODERAG_OIDC_ISSUER or CODERAG_DELEGATION_TOKENS) reads "
+                "permissions from GitLab: set CODERAG_GITLAB_URL and "
+                "CODERAG_PERMISSIONS_GITLAB_TOKEN (or CODERAG_GITLAB_TOKEN)"
+            )
         return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_tokens or self.delegation_tokens or self.oidc_issuer)
 
     @property
     def resolved_backend(self) -> Literal["edge", "server"]:

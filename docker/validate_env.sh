@@ -28,7 +28,8 @@ Checks:
   tools     docker >= 24 with compose >= 2.20 and a reachable daemon, python3 >= 3.9,
             curl, tar, sha256sum
   env file  present; every required variable set; no placeholder secret (changeme, ...);
-            API tokens >= 16 characters; CODERAG_API_TOKEN is a key of CODERAG_API_TOKENS;
+            API tokens >= 16 characters; CODERAG_GATEWAY_TOKEN (the gateway's delegation
+            token) >= 16 characters, JSON-safe and not a key of CODERAG_API_TOKENS;
             REDIS_PASSWORD usable inside a redis:// URL; CODERAG_FULL_INDEX_QUEUE=embed
             only with --gpu (nothing else consumes that queue)
   ports     the published ports are free on their bind addresses
@@ -180,9 +181,11 @@ for raw in open(sys.argv[1], encoding="utf-8"):
 PY
   )
 
-  required=(CODERAG_API_TOKENS CODERAG_API_TOKEN CODERAG_GITLAB_URL CODERAG_GITLAB_TOKEN
+  # every ${VAR:?} of compose.yaml
+  required=(CODERAG_API_TOKENS CODERAG_GATEWAY_TOKEN CODERAG_GITLAB_URL CODERAG_GITLAB_TOKEN
     CODERAG_PUBLIC_URL CODERAG_QDRANT_API_KEY REDIS_PASSWORD LITELLM_MASTER_KEY VLLM_API_KEY
-    GRAFANA_ADMIN_PASSWORD CODE_SERVER_PASSWORD)
+    GRAFANA_ADMIN_PASSWORD CODE_SERVER_PASSWORD KEYCLOAK_HOSTNAME KEYCLOAK_BOOTSTRAP_ADMIN_USER
+    KEYCLOAK_BOOTSTRAP_ADMIN_PASSWORD KEYCLOAK_DB_PASSWORD)
   missing=()
   for key in "${required[@]}"; do
     [ -n "${ENV[$key]:-}" ] || missing+=("$key")
@@ -214,7 +217,7 @@ PY
   fi
 
   if [ -n "${ENV[CODERAG_API_TOKENS]:-}" ]; then
-    if tokens_report="$(python3 - "${ENV[CODERAG_API_TOKENS]}" "${ENV[CODERAG_API_TOKEN]:-}" 2>&1 <<'PY'
+    if tokens_report="$(python3 - "${ENV[CODERAG_API_TOKENS]}" 2>&1 <<'PY'
 import json, sys
 try:
     tokens = json.loads(sys.argv[1])
@@ -227,15 +230,38 @@ if not isinstance(tokens, dict) or not all(
 short = [t for t in tokens if len(t) < 16]
 if short:
     sys.exit(f"{len(short)} API token(s) shorter than 16 characters")
-client = sys.argv[2]
-if client and client not in tokens:
-    sys.exit("CODERAG_API_TOKEN (used by the gateway and the IDE) is not a key of CODERAG_API_TOKENS")
 print(f"{len(tokens)} token(s)")
 PY
     )"; then
       pass "env file: CODERAG_API_TOKENS valid ($tokens_report)"
     else
       fail "env file: ${tokens_report:-CODERAG_API_TOKENS invalid}"
+    fi
+  fi
+
+  # The gateway's delegation token: compose puts it into CODERAG_DELEGATION_TOKENS='["..."]'.
+  if [ -n "${ENV[CODERAG_GATEWAY_TOKEN]:-}" ]; then
+    if gateway_report="$(python3 - "${ENV[CODERAG_GATEWAY_TOKEN]}" "${ENV[CODERAG_API_TOKENS]:-}" 2>&1 <<'PY'
+import json, sys
+gateway = sys.argv[1]
+if len(gateway) < 16:
+    sys.exit("CODERAG_GATEWAY_TOKEN is shorter than 16 characters")
+if any(c in '"\\' or c.isspace() or not c.isprintable() for c in gateway):
+    sys.exit("CODERAG_GATEWAY_TOKEN has a quote, backslash or blank (it is put into JSON)")
+try:
+    tokens = json.loads(sys.argv[2] or "{}")
+except ValueError:
+    tokens = {}
+if isinstance(tokens, dict) and gateway in tokens:
+    sys.exit(
+        "CODERAG_GATEWAY_TOKEN is also a key of CODERAG_API_TOKENS: a delegation token must "
+        "not be a service token (coderag refuses to start)"
+    )
+PY
+    )"; then
+      pass "env file: CODERAG_GATEWAY_TOKEN valid (a delegation token, not a service token)"
+    else
+      fail "env file: ${gateway_report:-CODERAG_GATEWAY_TOKEN invalid}"
     fi
   fi
 

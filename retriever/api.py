@@ -15,9 +15,10 @@ Every read goes through the token's scope (:meth:`coderag.auth.Principal.scope`)
 outside it is a 403, no repo means "the token's repos", never "everything".
 
 Every retrieval writes one audit line (logger ``coderag.audit``, ``event="search"``): who
-(token id, never the token), which repos, how many results, endpoint, latency, outcome. The
-query text and the code returned are never logged (a bank's code is the secret; a query often
-quotes it), only the query's length.
+(the token kind, the user's subject and username for people, the token id for service
+tokens, never a token), which repos, how many results, endpoint, latency, outcome. The code
+returned is never logged, nor the query text (a bank's code is the secret; a query often
+quotes it) unless ``CODERAG_AUDIT_QUERY_TEXT`` says so: only the query's length.
 
 Handlers are plain ``def``: embedding and the index call are CPU-bound and release the GIL in
 native code, so FastAPI's thread pool runs them in parallel without blocking the event loop.
@@ -292,10 +293,13 @@ def workspace_file(path: str, workspace: str | None) -> str:
 class _Audit:
     """Collects one audit line per retrieval; written however the request ends."""
 
-    def __init__(self, endpoint: str, principal: Principal, query: str) -> None:
+    def __init__(
+        self, endpoint: str, principal: Principal, query: str, *, keep_query: bool = False
+    ) -> None:
         self.endpoint = endpoint
         self.principal = principal
         self.query_chars = len(query)
+        self.query = query if keep_query else None
         self.repos: list[str] | None = None
         self.results = 0
         self.t0 = time.perf_counter()
@@ -311,10 +315,15 @@ class _Audit:
         else:
             QUERY_LATENCY.labels(endpoint=self.endpoint).observe(seconds)
             SEARCH_RESULTS.labels(endpoint=self.endpoint).inc(self.results)
+        fields: dict[str, Any] = {"query": self.query} if self.query is not None else {}
         audit_log.info(
             "search",
             extra={
+                **fields,
                 "endpoint": self.endpoint,
+                "token_kind": self.principal.kind,
+                "subject": self.principal.subject,
+                "username": self.principal.username,
                 "token_id": self.principal.token_id,
                 "repos": self.repos if self.repos is not None else (["*"] if exc is None else []),
                 "results": self.results,
@@ -323,6 +332,13 @@ class _Audit:
                 "outcome": outcome,
             },
         )
+
+
+def _audit(request: Request, endpoint: str, principal: Principal, query: str) -> _Audit:
+    settings = getattr(request.app.state, "settings", None)
+    return _Audit(
+        endpoint, principal, query, keep_query=bool(getattr(settings, "audit_query_text", False))
+    )
 
 
 def _search(
@@ -430,7 +446,7 @@ PrincipalDep = Annotated[Principal, Depends(require_principal)]
 @router.post("/search", response_model=SearchResponse, summary="Search code")
 def search(body: SearchRequest, request: Request, principal: PrincipalDep) -> SearchResponse:
     """Ranked chunks for a query, within the token's repos and the given filters."""
-    with _Audit("search", principal, body.query) as audit:
+    with _audit(request, "search", principal, body.query) as audit:
         hits = _search_request(request, audit, body)
         results = [
             SearchResult(
@@ -455,7 +471,7 @@ def search(body: SearchRequest, request: Request, principal: PrincipalDep) -> Se
 @router.post("/context", response_model=ContextResponse, summary="Assembled context")
 def context(body: ContextRequest, request: Request, principal: PrincipalDep) -> ContextResponse:
     """Search, merge adjacent chunks of a file, and keep the best regions within a budget."""
-    with _Audit("context", principal, body.query) as audit:
+    with _audit(request, "context", principal, body.query) as audit:
         hits = _search_request(request, audit, body)
         blocks = assemble(hits, _budget(request, body.token_budget), approx_tokens)
         out = [_block_out(b, body.workspace_path) for b in blocks]
@@ -486,7 +502,7 @@ def continue_context(
     opts = body.options or ContinueOptions()
     text = body.query if body.query.strip() else _LEADING_MENTIONS.sub("", body.fullInput)
     repos = _as_list(opts.repos) + ([opts.repo] if opts.repo else [])
-    with _Audit("continue", principal, text) as audit:
+    with _audit(request, "continue", principal, text) as audit:
         if not text.strip():
             audit.repos = repos or None
             audit.repos = principal.scope(repos)  # still refuse an out-of-scope repo

@@ -28,9 +28,26 @@ A LiteLLM key whose metadata has ``coderag_repos`` (set by the gateway admin) is
 repos whatever the request asks: request metadata and headers are the user's to choose, key
 metadata is not.
 
+Whose context: the gateway acts for its user, never as everyone. With
+``CODERAG_HOOK_IDENTITY=user`` (the default) the hook sends the gateway's *authenticated* user
+(LiteLLM's ``user_api_key_dict.user_id``, or ``user_email`` with
+``CODERAG_HOOK_USER_FIELD=user_email``: what the key or the JWT that LiteLLM verified says,
+never the request's own ``user`` field, which the client writes) in the ``X-Coderag-User``
+header, with ``CODERAG_API_TOKEN`` being a *delegation* token of coderag
+(``CODERAG_DELEGATION_TOKENS``): coderag answers with what that user may read in GitLab. A
+request whose key names no user gets no context. ``CODERAG_HOOK_IDENTITY=service`` is the
+explicit opt-out: every request reads with the token's own scope (a gateway serving one team).
+
+The user's own bearer token is not forwarded: LiteLLM removes ``Authorization`` from the
+request headers it hands to hooks (``clean_headers`` in
+``litellm/proxy/litellm_pre_call_utils.py``), and a token copied into a custom header would be
+stored wherever LiteLLM logs request headers.
+
 Configuration (environment of the gateway process): ``CODERAG_API_URL`` (default
-``http://127.0.0.1:8080``), ``CODERAG_API_TOKEN`` (bearer token; scope it to the repos the
-gateway's users may see), ``CODERAG_HOOK_TIMEOUT`` (seconds, default 2), ``CODERAG_HOOK_K``
+``http://127.0.0.1:8080``), ``CODERAG_API_TOKEN`` (a delegation token, or a scoped service
+token with ``CODERAG_HOOK_IDENTITY=service``), ``CODERAG_HOOK_IDENTITY`` (``user`` |
+``service``), ``CODERAG_HOOK_USER_FIELD`` (``user_id`` | ``user_email``),
+``CODERAG_HOOK_TIMEOUT`` (seconds, default 2), ``CODERAG_HOOK_K``
 (chunks searched, default 10), ``CODERAG_HOOK_TOKEN_BUDGET`` (default: the server's). The
 usual ``SSL_CERT_FILE`` (an internal CA) and ``HTTP(S)_PROXY`` / ``NO_PROXY`` apply: put
 coderag's host in ``NO_PROXY`` when the gateway reaches the models through a proxy.
@@ -58,6 +75,7 @@ from litellm.integrations.custom_logger import CustomLogger
 __all__ = [
     "CHAT_CALL_TYPES",
     "CoderagContextHook",
+    "gateway_user",
     "last_user_text",
     "proxy_handler_instance",
     "restrict_to_key",
@@ -70,6 +88,13 @@ CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
 REPOS_HEADER = "x-coderag-repos"
 BRANCH_HEADER = "x-coderag-branch"
 SWITCH_HEADER = "x-coderag"
+USER_HEADER = "X-Coderag-User"
+USER_FIELDS = ("user_id", "user_email")
+IDENTITY_MODES = ("user", "service")
+PROXY_ADMIN_USER = "default_user_id"
+"""The ``user_id`` LiteLLM gives a request made with the master key (``litellm.constants.
+LITELLM_PROXY_ADMIN_NAME``; ``user_api_key_auth.py`` builds the master key's auth object with
+it). It names no person, and a GitLab user could be called so: never read as it."""
 MAX_QUERY_CHARS = 20_000
 PREAMBLE = (
     "Code retrieved from the organisation's repositories for the user's last message "
@@ -158,6 +183,24 @@ def restrict_to_key(sel: dict[str, Any] | None, user_api_key_dict: Any) -> dict[
     return {**sel, "repos": repos} if repos else None
 
 
+def gateway_user(user_api_key_dict: Any, field: str = "user_id") -> str | None:
+    """The user LiteLLM authenticated for this request (``field`` of its
+    ``UserAPIKeyAuth``), or None. Only the gateway's own auth result counts: the request body's
+    ``user`` is whatever the client wrote."""
+    if isinstance(user_api_key_dict, Mapping):
+        value = user_api_key_dict.get(field)
+    else:
+        value = getattr(user_api_key_dict, field, None)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or len(value) > 255 or any(c.isspace() or ord(c) < 32 for c in value):
+        return None
+    if value == PROXY_ADMIN_USER:  # the master key: no person, so nobody's code
+        return None
+    return value
+
+
 class CoderagContextHook(CustomLogger):
     """Prepends coderag context to chat requests; never fails the request because of it."""
 
@@ -169,8 +212,16 @@ class CoderagContextHook(CustomLogger):
         timeout: float | None = None,
         k: int | None = None,
         token_budget: int | None = None,
+        identity: str | None = None,
+        user_field: str | None = None,
     ) -> None:
         super().__init__()
+        self.identity = identity or os.environ.get("CODERAG_HOOK_IDENTITY") or "user"
+        if self.identity not in IDENTITY_MODES:
+            raise ValueError(f"CODERAG_HOOK_IDENTITY must be one of {IDENTITY_MODES}")
+        self.user_field = user_field or os.environ.get("CODERAG_HOOK_USER_FIELD") or "user_id"
+        if self.user_field not in USER_FIELDS:
+            raise ValueError(f"CODERAG_HOOK_USER_FIELD must be one of {USER_FIELDS}")
         self.api_url = api_url or os.environ.get("CODERAG_API_URL") or "http://127.0.0.1:8080"
         self.api_url = self.api_url.rstrip("/")
         self.token = token if token is not None else os.environ.get("CODERAG_API_TOKEN")
@@ -200,8 +251,11 @@ class CoderagContextHook(CustomLogger):
             self._clients = {id(loop): client}  # older loops are gone with their clients
         return client
 
-    async def fetch_context(self, query: str, repos: list[str], branch: str | None) -> str:
-        """The context text for ``query`` ("" when nothing relevant); raises on any failure."""
+    async def fetch_context(
+        self, query: str, repos: list[str], branch: str | None, user: str | None = None
+    ) -> str:
+        """The context text for ``query`` ("" when nothing relevant), read as ``user`` when
+        given; raises on any failure."""
         body: dict[str, Any] = {"query": query[:MAX_QUERY_CHARS], "k": self.k}
         if repos:
             body["repos"] = repos
@@ -209,8 +263,9 @@ class CoderagContextHook(CustomLogger):
             body["branch"] = branch
         if self.token_budget:
             body["token_budget"] = self.token_budget
+        headers = {USER_HEADER: user} if user else None
         resp = await asyncio.wait_for(
-            self._client().post("/v1/context", json=body), timeout=self.timeout
+            self._client().post("/v1/context", json=body, headers=headers), timeout=self.timeout
         )
         resp.raise_for_status()
         payload = resp.json()
@@ -235,12 +290,25 @@ class CoderagContextHook(CustomLogger):
             query = last_user_text(messages)
             if sel is None or not query.strip():
                 return data
-            text = await self.fetch_context(query, sel["repos"], sel["branch"])
+            user = None
+            if self.identity == "user":
+                user = gateway_user(user_api_key_dict, self.user_field)
+                if user is None:  # never read as everyone
+                    log.info(
+                        "no context: the gateway key names no user",
+                        extra={"user_field": self.user_field},
+                    )
+                    return data
+            text = await self.fetch_context(query, sel["repos"], sel["branch"], user)
             if text.strip():
                 data["messages"] = _with_context(list(messages), f"{PREAMBLE}\n\n{text}")
                 log.info(
                     "context added",
-                    extra={"repos": sel["repos"] or ["*"], "context_chars": len(text)},
+                    extra={
+                        "repos": sel["repos"] or ["*"],
+                        "user": user,
+                        "context_chars": len(text),
+                    },
                 )
         except Exception as exc:  # the gateway must never fail because of context
             reason = (

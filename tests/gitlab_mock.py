@@ -9,19 +9,70 @@ re-enables the hook, a failed test delivery is a 422 with GitLab's message (lib/
 test.rb; GitLab docs "Failing webhooks"). :meth:`FakeGitLab.set_hook_state` puts a hook in
 any of those states.
 
+Users, memberships and who sees what, for coderag's per-user permissions
+(:mod:`coderag.permissions`), with the shapes of ``tests/fixtures/gitlab/`` (its README names
+the doc pages):
+
+* ``GET /users?username=`` (exact, case-insensitive) and ``GET /users?search=`` (name or
+  username containing it, or an exact email: the primary or secondary one for an
+  administrator's token, only the public one otherwise; exact public-email matches first),
+  ``GET /users/:id``. A token that is not an administrator's (``admin_token=False``, the
+  default) gets the ``UserBasic`` entity (no ``email``, no ``external``) and does not see
+  ``blocked``, ``banned`` or ``ldap_blocked`` users at all (gitlabhq ``lib/api/users.rb``,
+  ``app/finders/users_finder.rb``, ``User::FORBIDDEN_SEARCH_STATES``).
+* ``GET /projects/:id/members/all/:user_id``: the effective membership (an inherited or
+  invited one is modelled as a direct one), 404 ``{"message": "404 Not found"}`` for a
+  non-member (gitlabhq ``lib/api/members.rb``, ``find_by!``).
+* Projects carry ``visibility`` and ``repository_access_level``.
+* An outage: :meth:`FakeGitLab.down` answers every request with one status (503, 502, 429
+  with ``Retry-After``, or 401/403 as for a refused token) until :meth:`FakeGitLab.up`;
+  ``delay_s`` slows every answer (a client timeout). Every request is still recorded
+  (:meth:`FakeGitLab.calls`).
+
 Only GitLab is mocked in this project's tests; git, Redis, Celery and HTTP are real.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
+import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
-__all__ = ["FakeGitLab", "Recorded"]
+__all__ = ["ACCESS_LEVELS", "FakeGitLab", "Recorded"]
+
+_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "gitlab"
+
+
+def _fixture(name: str) -> dict[str, Any]:
+    return json.loads((_FIXTURES / f"{name}.json").read_text())
+
+
+_USER_ADMIN = _fixture("user_admin")
+"""An administrator's view of a user (``GET /users``, ``GET /users/:id``)."""
+_USER_BASIC_KEYS = tuple(_fixture("user_basic"))
+"""Anyone else's view of a user in a list (``UserBasic``)."""
+_USER_KEYS = tuple(_fixture("user"))
+"""Anyone else's view of one user (``GET /users/:id``, ``User``)."""
+_MEMBER = _fixture("member")
+_FORBIDDEN_SEARCH_STATES = ("blocked", "banned", "ldap_blocked")
+"""States a non-administrator never sees in ``GET /users`` (``User::FORBIDDEN_SEARCH_STATES``)."""
+
+ACCESS_LEVELS = {
+    "guest": 10,
+    "planner": 15,
+    "reporter": 20,
+    "developer": 30,
+    "maintainer": 40,
+    "owner": 50,
+}
+"""GitLab docs, Projects members API, "Roles" (``Gitlab::Access``)."""
 
 
 @dataclass
@@ -44,6 +95,150 @@ class FakeGitLab:
     fail_tests_with: int | None = None
     """Status of ``POST .../hooks/:id/test/:trigger`` (None: the test delivery succeeds)."""
     _next_hook: int = 41
+    users: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """user id -> the administrator's view of the user (what :meth:`add_user` made)."""
+    members: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    """(project id, user id) -> ``{"access_level", "expires_at"}``."""
+    admin_token: bool = False
+    """True: the token is an administrator's (users come with ``email`` and ``external``)."""
+    fail_all_with: int | None = None
+    """Status every request gets (None: GitLab answers); :meth:`down` / :meth:`up`."""
+    delay_s: float = 0.0
+    """Seconds every answer waits (past a client's timeout: a timeout)."""
+
+    # -- users and members -----------------------------------------------------------------
+    def add_user(
+        self,
+        username: str,
+        user_id: int,
+        *,
+        state: str = "active",
+        external: bool = False,
+        email: str | None = None,
+        public_email: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """A user as GitLab stores it (``state``: ``active``, ``blocked``, ``deactivated``,
+        ``banned``, ...); ``email`` is the primary one (only an administrator sees it),
+        ``public_email`` the one the profile shows."""
+        base = getattr(self, "url", "https://gitlab.example.com")
+        user = copy.deepcopy(_USER_ADMIN)
+        user.update(
+            id=user_id,
+            username=username,
+            name=name or username.replace("_", " ").replace(".", " ").title(),
+            state=state,
+            locked=False,
+            avatar_url=f"{base}/uploads/-/system/user/avatar/{user_id}/avatar.png",
+            web_url=f"{base}/{username}",
+            email=email or f"{username}@users.noreply.gitlab.example.com",
+            public_email=public_email,
+            commit_email=email or f"{username}@users.noreply.gitlab.example.com",
+            external=external,
+            is_admin=False,
+            identities=[],
+        )
+        self.users[user_id] = user
+        return user
+
+    def set_member(
+        self,
+        project: str | int,
+        user_id: int,
+        access_level: int,
+        *,
+        membership_state: str | None = None,
+    ) -> dict[str, Any]:
+        """Give ``user_id`` the role ``access_level`` (10 Guest ... 50 Owner) on ``project``
+        (path or id); an inherited or invited membership reads the same.
+        ``membership_state`` (``active`` or ``awaiting``, Premium): sent when given."""
+        proj = self._project(str(project))
+        if proj is None:
+            raise KeyError(f"no project {project!r}")
+        if user_id not in self.users:
+            raise KeyError(f"no user {user_id}")
+        entry: dict[str, Any] = {"access_level": int(access_level), "expires_at": None}
+        if membership_state is not None:
+            entry["membership_state"] = membership_state
+        self.members[(int(proj["id"]), int(user_id))] = entry
+        return entry
+
+    def remove_member(self, project: str | int, user_id: int) -> None:
+        proj = self._project(str(project))
+        if proj is None:
+            raise KeyError(f"no project {project!r}")
+        self.members.pop((int(proj["id"]), int(user_id)), None)
+
+    def down(self, status: int = 503) -> None:
+        """Answer every request with ``status`` until :meth:`up`."""
+        self.fail_all_with = status
+
+    def up(self) -> None:
+        self.fail_all_with = None
+
+    def calls(self, path_prefix: str = "/api/v4/", method: str = "GET") -> list[Recorded]:
+        """The recorded requests of ``method`` whose path starts with ``path_prefix``."""
+        return [
+            r for r in list(self.requests) if r.method == method and r.path.startswith(path_prefix)
+        ]
+
+    def _user_view(self, user: dict[str, Any], *, single: bool) -> dict[str, Any]:
+        if self.admin_token:
+            return copy.deepcopy(user)
+        keys = _USER_KEYS if single else _USER_BASIC_KEYS
+        return {k: copy.deepcopy(user.get(k)) for k in keys}
+
+    def _users_route(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        parts = path.removeprefix("/api/v4/").split("/")
+        if method != "GET" or parts[0] != "users" or len(parts) > 2:
+            return 404, {"error": "404 Not Found"}
+        if len(parts) == 2:
+            user = self.users.get(int(parts[1])) if parts[1].isdigit() else None
+            if user is None:
+                return 404, {"message": "404 User Not Found"}
+            return 200, self._user_view(user, single=True)
+        found = [
+            u for u in sorted(self.users.values(), key=lambda u: -u["id"])
+            if self.admin_token or u["state"] not in _FORBIDDEN_SEARCH_STATES
+        ]  # fmt: skip
+        username = (query.get("username") or [None])[0]
+        if username is not None:
+            found = [u for u in found if u["username"].lower() == username.lower()]
+        search = (query.get("search") or [""])[0].removeprefix("@").lower()
+        if search:
+
+            def email_match(u: dict[str, Any]) -> bool:
+                mails = [u.get("public_email")] + ([u.get("email")] if self.admin_token else [])
+                return any(isinstance(m, str) and m.lower() == search for m in mails)
+
+            def rank(u: dict[str, Any]) -> int:
+                """GitLab's order: an exact public email, username, then name first."""
+                exact = [u.get("public_email"), u["username"], u["name"]]
+                hits = [
+                    i for i, v in enumerate(exact) if isinstance(v, str) and v.lower() == search
+                ]
+                return hits[0] if hits else 3
+
+            found = [
+                u for u in found
+                if email_match(u) or search in u["username"].lower() or search in u["name"].lower()
+            ]  # fmt: skip
+            found.sort(key=lambda u: (rank(u), u["name"], -u["id"]))
+        per_page = int((query.get("per_page") or ["20"])[0])
+        return 200, [self._user_view(u, single=False) for u in found[: max(1, min(per_page, 100))]]
+
+    def _member(self, project: dict[str, Any], user_ref: str) -> tuple[int, Any]:
+        entry = (
+            self.members.get((int(project["id"]), int(user_ref))) if user_ref.isdigit() else None
+        )
+        user = self.users.get(int(user_ref)) if user_ref.isdigit() else None
+        if entry is None or user is None:
+            return 404, {"message": "404 Not found"}
+        member = copy.deepcopy(_MEMBER)
+        member.update({k: copy.deepcopy(user.get(k)) for k in _USER_BASIC_KEYS})
+        member.update(entry)
+        member.pop("email", None)  # shown to group owners for enterprise users only
+        return 200, member
 
     def set_hook_state(
         self, hook_id: int, alert_status: str, disabled_until: str | None = None
@@ -60,7 +255,19 @@ class FakeGitLab:
         hook["disabled_until"] = disabled_until if alert_status == "temporarily_disabled" else None
         return hook
 
-    def add_project(self, path: str, project_id: int, clone_url: str) -> dict[str, Any]:
+    def add_project(
+        self,
+        path: str,
+        project_id: int,
+        clone_url: str,
+        *,
+        visibility: str = "private",
+        repository_access_level: str = "enabled",
+        archived: bool = False,
+    ) -> dict[str, Any]:
+        """``visibility``: ``private``, ``internal`` or ``public``; ``repository_access_level``:
+        ``disabled``, ``private`` (only project members) or ``enabled`` (everyone with access)
+        (GitLab docs, Projects API)."""
         name = path.rsplit("/", 1)[-1]
         web = f"{self.url}/{path}"
         self.projects[path] = {
@@ -89,8 +296,11 @@ class FakeGitLab:
                 "kind": "group",
                 "full_path": path.rsplit("/", 1)[0],
             },
-            "visibility": "internal",
-            "archived": False,
+            "visibility": visibility,
+            "issues_access_level": "enabled",
+            "repository_access_level": repository_access_level,
+            "merge_requests_access_level": "enabled",
+            "archived": archived,
             "empty_repo": False,
         }
         return self.projects[path]
@@ -105,12 +315,27 @@ class FakeGitLab:
 
             def _reply(self, status: int, body: Any = None) -> None:
                 data = b"" if body is None else json.dumps(body).encode()
-                self.send_response(status)
-                if body is not None:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._send(
+                    status, data, {"Content-Type": "application/json"} if body is not None else {}
+                )
+
+            def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+                    pass
+
+            def _reply_outage(self, status: int) -> None:
+                if status == 429:  # Rack::Attack's answer
+                    headers = {"Content-Type": "text/plain", "Retry-After": "60"}
+                    self._send(429, b"Retry later\n", headers)
+                else:
+                    self._reply(status, {"message": f"{status} {HTTPStatus(status).phrase}"})
 
             def _handle(self, method: str) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
@@ -120,10 +345,19 @@ class FakeGitLab:
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
                 fake.requests.append(Recorded(method, self.path, dict(self.headers), body))
+                if fake.delay_s:
+                    time.sleep(fake.delay_s)
+                if fake.fail_all_with:
+                    self._reply_outage(fake.fail_all_with)
+                    return
                 if self.headers.get("PRIVATE-TOKEN") != fake.token:
                     self._reply(401, {"message": "401 Unauthorized"})
                     return
-                status, out = fake._route(method, self.path.split("?", 1)[0], body)
+                path, _, query = self.path.partition("?")
+                if path == "/api/v4/users" or path.startswith("/api/v4/users/"):
+                    status, out = fake._users_route(method, path, parse_qs(query))
+                else:
+                    status, out = fake._route(method, path, body)
                 self._reply(status, out)
 
             def do_GET(self) -> None:
@@ -137,7 +371,9 @@ class FakeGitLab:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -160,6 +396,8 @@ class FakeGitLab:
             return 404, {"message": "404 Project Not Found"}
         if method == "GET" and len(parts) == 2:
             return 200, project
+        if method == "GET" and len(parts) == 5 and parts[2:4] == ["members", "all"]:
+            return self._member(project, parts[4])
         if len(parts) >= 3 and parts[2] == "hooks":
             if method == "POST" and len(parts) == 3:
                 if self.fail_hooks_with:

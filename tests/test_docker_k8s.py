@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -167,6 +168,8 @@ def test_referenced_pvcs_configmaps_and_secrets() -> None:
         for vol in volumes.values():
             if "persistentVolumeClaim" in vol:
                 assert vol["persistentVolumeClaim"]["claimName"] in pvcs
+            if "configMap" in vol:
+                assert vol["configMap"]["name"] in configmaps, vol["name"]
 
 
 def test_repo_mirrors_live_on_a_shared_volume() -> None:
@@ -318,3 +321,256 @@ def test_configmap_builds_valid_settings_and_every_queue_has_a_consumer(
         if args[:1] == ["worker"]:
             consumed |= set(args[args.index("--queues") + 1].split(","))
     assert {"git", "index", settings.full_index_queue} <= consumed
+
+
+# --- identity: Keycloak --------------------------------------------------------------------------
+
+REALM_FILE = REPO / "docker" / "keycloak" / "coderag-realm.json"
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _keycloak() -> dict[str, Any]:
+    return pod_spec(by_kind("Deployment")["keycloak"])["containers"][0]
+
+
+def test_keycloak_realm_configmap_is_the_realm_file() -> None:
+    import json
+
+    data = by_kind("ConfigMap")["keycloak-realm"]["data"]
+    realm = json.loads(REALM_FILE.read_text(encoding="utf-8"))
+    assert set(data) == {f"{realm['realm']}-realm.json"}
+    assert json.loads(data[f"{realm['realm']}-realm.json"]) == realm
+
+
+def test_keycloak_imports_the_realm_and_is_probed_on_the_management_port() -> None:
+    # Keycloak: --import-realm reads /opt/keycloak/data/import ("Importing and exporting
+    # realms"); /health/{started,live,ready} on the management port 9000 when health-enabled
+    # ("Tracking instance status with health checks": Kubernetes HTTP probes).
+    spec = pod_spec(by_kind("Deployment")["keycloak"])
+    kc = spec["containers"][0]
+    assert kc["args"] == ["start", "--import-realm"]
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text(encoding="utf-8"))
+    assert kc["image"] == compose["services"]["keycloak"]["image"]
+    ports = {p["name"]: p["containerPort"] for p in kc["ports"]}
+    assert ports == {"http": 8080, "management": 9000}
+    assert _env(kc)["KC_HEALTH_ENABLED"]["value"] == "true"
+    for probe, path in (
+        ("startupProbe", "/health/started"),
+        ("livenessProbe", "/health/live"),
+        ("readinessProbe", "/health/ready"),
+    ):
+        assert kc[probe]["httpGet"] == {"path": path, "port": "management"}, probe
+    mount = next(m for m in kc["volumeMounts"] if m["mountPath"] == "/opt/keycloak/data/import")
+    assert mount.get("readOnly") is True
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == "keycloak-realm"
+
+
+def test_keycloak_runs_one_node_behind_the_ingress_on_its_database() -> None:
+    deployment = by_kind("Deployment")["keycloak"]
+    env = _env(_keycloak())
+    # a local cache is only consistent for one node, never two side by side
+    assert env["KC_CACHE"]["value"] == "local"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert env["KC_HOSTNAME"]["value"].startswith("https://")
+    assert env["KC_HTTP_ENABLED"]["value"] == "true"
+    assert env["KC_PROXY_HEADERS"]["value"] == "xforwarded"
+    assert env["KC_DB"]["value"] == "postgres"
+    db = env["KC_DB_URL_HOST"]["value"]
+    assert db in by_kind("Service") and db in by_kind("StatefulSet")
+    postgres = pod_spec(by_kind("StatefulSet")[db])["containers"][0]
+    pg_env = _env(postgres)
+    assert env["KC_DB_USERNAME"]["value"] == pg_env["POSTGRES_USER"]["value"]
+    assert env["KC_DB_URL_DATABASE"]["value"] == pg_env["POSTGRES_DB"]["value"]
+    assert (
+        env["KC_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        == pg_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    )
+    compose = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text(encoding="utf-8"))
+    assert postgres["image"] == compose["services"]["keycloak-db"]["image"]
+    # PGDATA below the mount point, the mount on a claim of its own
+    mount = postgres["volumeMounts"][0]
+    assert pg_env["PGDATA"]["value"].startswith(mount["mountPath"] + "/")
+    templates = by_kind("StatefulSet")[db]["spec"]["volumeClaimTemplates"]
+    assert mount["name"] in {t["metadata"]["name"] for t in templates}
+
+
+def test_the_api_oidc_settings_name_the_keycloak_realm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import os
+
+    from coderag.settings import Settings
+
+    realm = json.loads(REALM_FILE.read_text(encoding="utf-8"))
+    oidc = by_kind("ConfigMap")["coderag-oidc"]["data"]
+    hostname = _env(_keycloak())["KC_HOSTNAME"]["value"]
+    assert oidc["CODERAG_OIDC_ISSUER"] == f"{hostname}/realms/{realm['realm']}"
+    jwks = urlsplit(oidc["CODERAG_OIDC_JWKS_URL"])
+    service = by_kind("Service")[jwks.hostname]
+    assert jwks.port in {p["port"] for p in service["spec"]["ports"]}
+    assert selector_matches(
+        {"matchLabels": service["spec"]["selector"]},
+        by_kind("Deployment")["keycloak"]["spec"]["template"]["metadata"]["labels"],
+    )
+    assert jwks.path == f"/realms/{realm['realm']}/protocol/openid-connect/certs"
+    # with the shared ConfigMap and the API's secrets: a valid coderag configuration
+    for key in list(os.environ):
+        if key.startswith("CODERAG_"):
+            monkeypatch.delenv(key)
+    for cm in ("coderag-config", "coderag-oidc"):
+        for key, value in by_kind("ConfigMap")[cm]["data"].items():
+            monkeypatch.setenv(key, value)
+    secret = "k8s-secret-0123456789abcdef"
+    monkeypatch.setenv("CODERAG_GITLAB_TOKEN", secret)
+    monkeypatch.setenv("CODERAG_QDRANT_API_KEY", secret)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.oidc_issuer == oidc["CODERAG_OIDC_ISSUER"]
+    assert settings.oidc_audience == ["coderag"]
+    assert settings.oidc_audience[0] in {c["clientId"] for c in realm["clients"]}
+
+
+def _config_maps_loaded(name: str) -> set[str]:
+    return {
+        source["configMapRef"]["name"]
+        for c in pod_spec(by_kind("Deployment")[name])["containers"]
+        for source in c.get("envFrom", [])
+        if "configMapRef" in source
+    }
+
+
+def test_no_worker_loads_the_oidc_settings() -> None:
+    # The workers verify no tokens, and CODERAG_OIDC_ISSUER makes Settings require a GitLab
+    # token that the GPU worker does not have.
+    for name in ("coderag-worker", "coderag-worker-gpu"):
+        assert "coderag-oidc" not in _config_maps_loaded(name), name
+
+
+def test_the_api_loads_the_oidc_settings() -> None:
+    assert "coderag-oidc" in _config_maps_loaded("coderag-api")
+
+
+def _container_env(name: str, secrets: dict[str, str]) -> dict[str, str]:
+    """The environment Kubernetes gives the first container of Deployment `name`: its
+    envFrom ConfigMaps, then `env` (secretKeyRef from `secrets`, $(VAR) expanded)."""
+    container = pod_spec(by_kind("Deployment")[name])["containers"][0]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(by_kind("ConfigMap")[source["configMapRef"]["name"]]["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda m: env.get(m.group(1), m.group(0)),
+                item["value"],
+            )
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "coderag-secrets", item["name"]
+        if ref["key"] in secrets:
+            env[item["name"]] = secrets[ref["key"]]
+        else:
+            assert ref.get("optional"), f"{name}: secret key {ref['key']} is required"
+    return env
+
+
+def test_the_api_environment_builds_settings_with_delegation_and_oidc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API Deployment's environment, with the secret keys of kustomization.yaml, is a
+    valid coderag configuration: service tokens, the gateway's delegation token, Keycloak,
+    and the GitLab URL and token that per-user access reads permissions with."""
+    import json
+    import os
+
+    from coderag.settings import Settings
+
+    gateway = "k8s-gateway-delegation-0123456789"
+    secrets = {
+        "CODERAG_QDRANT_API_KEY": "k8s-qdrant-0123456789abcdef",
+        "CODERAG_GITLAB_TOKEN": "glpat-k8s-0123456789abcdef",
+        "CODERAG_API_TOKENS": json.dumps({"k8s-operator-0123456789abcdef": ["*"]}),
+        "CODERAG_DELEGATION_TOKENS": json.dumps([gateway]),
+        "REDIS_PASSWORD": "k8sredis0123456789abcdef",
+    }
+    env = _container_env("coderag-api", secrets)
+    assert {"CODERAG_GITLAB_URL", "CODERAG_GITLAB_TOKEN"} <= set(env)
+    for key in list(os.environ):
+        if key.startswith("CODERAG_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert [t.get_secret_value() for t in settings.delegation_tokens] == [gateway]
+    oidc = by_kind("ConfigMap")["coderag-oidc"]["data"]
+    assert settings.oidc_issuer == oidc["CODERAG_OIDC_ISSUER"]
+    assert settings.api_tokens == json.loads(secrets["CODERAG_API_TOKENS"])
+    assert settings.gitlab_url and settings.gitlab_token
+    assert settings.celery_broker_url == f"redis://:{secrets['REDIS_PASSWORD']}@redis:6379/0"
+
+
+def test_every_secret_key_is_in_the_secret_creation_comment() -> None:
+    """kustomization.yaml's `kubectl create secret` creates every key the manifests read."""
+    comment = (K8S / "kustomization.yaml").read_text(encoding="utf-8")
+    created = set(re.findall(r"--from-literal=([A-Z_]+)=", comment))
+    read: set[str] = set()
+    for doc in workloads():
+        for c in pod_spec(doc)["containers"]:
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"] == "coderag-secrets":
+                    read.add(ref["key"])
+    assert "CODERAG_DELEGATION_TOKENS" in read
+    assert read <= created, f"not in the comment: {sorted(read - created)}"
+
+
+def test_network_policy_lets_the_api_and_ide_reach_keycloak_and_only_keycloak_its_db() -> None:
+    policies = by_kind("NetworkPolicy")
+    labels = {
+        name: by_kind(kind)[name]["spec"]["template"]["metadata"]["labels"]
+        for kind, name in (
+            ("Deployment", "keycloak"),
+            ("StatefulSet", "keycloak-db"),
+            ("Deployment", "coderag-api"),
+        )
+    }
+
+    def rules(target: str) -> list[dict[str, Any]]:
+        selecting = [
+            p
+            for p in policies.values()
+            if p["spec"]["podSelector"]
+            and selector_matches(p["spec"]["podSelector"], labels[target])
+        ]
+        assert len(selecting) == 1, target
+        return selecting[0]["spec"]["ingress"]
+
+    def admits(rule: dict[str, Any], pod: dict[str, str]) -> bool:
+        return any(
+            "podSelector" in peer
+            and "namespaceSelector" not in peer
+            and selector_matches(peer["podSelector"], pod)
+            for peer in rule["from"]
+        )
+
+    keycloak = rules("keycloak")
+    to_http = [r for r in keycloak if {p["port"] for p in r["ports"]} == {8080}]
+    assert len(to_http) == len(keycloak), "Keycloak admits its HTTP port only"
+    assert any(admits(r, labels["coderag-api"]) for r in to_http)
+    assert any(admits(r, {"app.kubernetes.io/name": "code-server"}) for r in to_http)
+    assert not any(admits(r, {"app.kubernetes.io/name": "coderag-worker"}) for r in to_http)
+    ingress_ns = [
+        peer["namespaceSelector"]
+        for r in to_http
+        for peer in r["from"]
+        if "namespaceSelector" in peer and "podSelector" not in peer
+    ]
+    assert ingress_ns == [{"matchLabels": {"coderag.io/ingress": "true"}}]
+    db = rules("keycloak-db")
+    assert len(db) == 1 and {p["port"] for p in db[0]["ports"]} == {5432}
+    assert [peer["podSelector"] for peer in db[0]["from"]] == [
+        {"matchLabels": {"app.kubernetes.io/name": "keycloak"}}
+    ]

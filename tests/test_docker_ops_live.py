@@ -67,6 +67,8 @@ def shared_model(monkeypatch: pytest.MonkeyPatch, embedder: Any, model_dir: Path
         "CODERAG_QDRANT_URL",
         "CODERAG_CELERY_BROKER_URL",
         "CODERAG_API_TOKENS",
+        "CODERAG_DELEGATION_TOKENS",
+        "CODERAG_OIDC_ISSUER",
         "CODERAG_INDEX_BACKEND",
         "CODERAG_DATA_DIR",
     ):

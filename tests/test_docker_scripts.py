@@ -296,10 +296,9 @@ def _good_env(tmp_path: Path, **overrides: str) -> Path:
     vsix = tmp_path / "continue.vsix"
     with zipfile.ZipFile(vsix, "w") as zf:
         zf.writestr("extension.vsixmanifest", "<PackageManifest/>")
-    token = "t0k3n-for-the-gateway-0123456789"
     values = {
-        "CODERAG_API_TOKENS": "'" + json.dumps({token: ["*"]}) + "'",
-        "CODERAG_API_TOKEN": token,
+        "CODERAG_API_TOKENS": "'" + json.dumps({"t0k3n-of-an-operator-0123456789": ["*"]}) + "'",
+        "CODERAG_GATEWAY_TOKEN": "d3l3gation-for-the-gateway-0123456789",
         "CODERAG_GITLAB_URL": "https://gitlab.bank.internal",
         "CODERAG_GITLAB_TOKEN": "glpat-0123456789abcdefghij",
         "CODERAG_PUBLIC_URL": "https://coderag.bank.internal",
@@ -309,6 +308,10 @@ def _good_env(tmp_path: Path, **overrides: str) -> Path:
         "VLLM_API_KEY": "37693cfc748049e45d87b8c7d8b9aacd",
         "GRAFANA_ADMIN_PASSWORD": "1ff1de774005f8da13f42943881c655f",
         "CODE_SERVER_PASSWORD": "8e296a067a37563370ded05f5a3bf3ec",
+        "KEYCLOAK_HOSTNAME": "login.bank.internal",
+        "KEYCLOAK_BOOTSTRAP_ADMIN_USER": "bootstrap-admin",
+        "KEYCLOAK_BOOTSTRAP_ADMIN_PASSWORD": "a87ff679a2f3e71d9181a67b7542122c",
+        "KEYCLOAK_DB_PASSWORD": "e4da3b7fbbce2345d7772b0674a318d5",
         "CONTINUE_VSIX": str(vsix),
         "CHAT_MODEL_DIR": str(tmp_path / "models" / "chat"),
         "TABBY_MODEL_DIR": str(tmp_path / "models" / "tabby"),
@@ -341,9 +344,11 @@ def test_validate_env_lists_every_placeholder_of_the_example(tmp_path: Path) -> 
         line for line in result.stdout.splitlines() if "placeholder secrets" in line
     )
     for key in ("CODERAG_GITLAB_TOKEN", "CODERAG_QDRANT_API_KEY", "CODERAG_API_TOKENS",
-                "REDIS_PASSWORD", "LITELLM_MASTER_KEY", "GRAFANA_ADMIN_PASSWORD"):  # fmt: skip
+                "CODERAG_GATEWAY_TOKEN", "REDIS_PASSWORD", "LITELLM_MASTER_KEY",
+                "GRAFANA_ADMIN_PASSWORD", "KEYCLOAK_DB_PASSWORD"):  # fmt: skip
         assert key in placeholder_line
     assert "shorter than 16 characters" in result.stdout
+    assert "CODERAG_GATEWAY_TOKEN is shorter than 16 characters" in result.stdout
     assert "Continue VSIX missing" in result.stdout
     assert "check(s) failed:" in result.stderr
 
@@ -380,11 +385,50 @@ def test_validate_env_checks_the_model_directories_for_gpu(tmp_path: Path) -> No
     assert re.search(r"^ok\s+Tabby model ", present.stdout, re.M)
 
 
-def test_validate_env_requires_the_client_token_to_be_an_api_token(tmp_path: Path) -> None:
-    env_file = _good_env(tmp_path, CODERAG_API_TOKEN="another-token-0123456789abcdef")
+def test_validate_env_refuses_a_gateway_token_that_is_also_a_service_token(
+    tmp_path: Path,
+) -> None:
+    token = "one-token-for-both-0123456789abcdef"
+    env_file = _good_env(
+        tmp_path,
+        CODERAG_API_TOKENS="'" + json.dumps({token: ["*"]}) + "'",
+        CODERAG_GATEWAY_TOKEN=token,
+    )
     result = _validate(env_file, tmp_path)
     assert result.returncode == 1
-    assert "CODERAG_API_TOKEN (used by the gateway and the IDE) is not a key" in result.stdout
+    assert "CODERAG_GATEWAY_TOKEN is also a key of CODERAG_API_TOKENS" in result.stdout
+    # coderag itself would refuse to start with it (coderag/settings.py)
+    assert "a delegation token must not be a service token" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("short-gw-token", "CODERAG_GATEWAY_TOKEN is shorter than 16 characters"),
+        ('quote"in-the-gateway-token-0123', "has a quote, backslash or blank"),
+        ("backslash\\in-the-gateway-token-0123", "has a quote, backslash or blank"),
+    ],
+    ids=["short", "quote", "backslash"],
+)
+def test_validate_env_refuses_a_bad_gateway_token(tmp_path: Path, token: str, message: str) -> None:
+    result = _validate(_good_env(tmp_path, CODERAG_GATEWAY_TOKEN=token), tmp_path)
+    assert result.returncode == 1
+    assert re.search(rf"^FAIL\s+env file: .*{re.escape(message)}", result.stdout, re.M)
+
+
+def test_validate_env_requires_the_gateway_token(tmp_path: Path) -> None:
+    result = _validate(_good_env(tmp_path, CODERAG_GATEWAY_TOKEN=""), tmp_path)
+    assert result.returncode == 1
+    assert re.search(r"required variables not set: .*CODERAG_GATEWAY_TOKEN", result.stdout)
+
+
+def test_validate_env_requires_what_compose_requires() -> None:
+    """validate_env.sh's required list is exactly the ${VAR:?...} variables of compose.yaml."""
+    script = (DOCKER / "validate_env.sh").read_text(encoding="utf-8")
+    listed = re.search(r"^\s*required=\(([^)]*)\)", script, re.M)
+    assert listed
+    compose = (DOCKER / "compose.yaml").read_text(encoding="utf-8")
+    assert set(listed.group(1).split()) == set(re.findall(r"\$\{([A-Z_]+):\?", compose))
 
 
 def test_validate_env_refuses_the_embed_queue_without_gpu_workers(tmp_path: Path) -> None:
@@ -398,6 +442,68 @@ def test_validate_env_reports_a_missing_env_file(tmp_path: Path) -> None:
     result = _validate(tmp_path / "nope.env", tmp_path)
     assert result.returncode == 1
     assert "nope.env not found" in result.stdout
+
+
+# --- code-server/start.sh ------------------------------------------------------------------------
+
+
+def _write_continue_env(home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Source start.sh (which then only defines its functions) and write ~/.continue/.env."""
+    (home / ".continue").mkdir(parents=True, exist_ok=True)
+    script = DOCKER / "code-server" / "start.sh"
+    return subprocess.run(
+        ["bash", "-c", f'source "{script}" && write_continue_env "$HOME/.continue/.env"'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LANG": "C.UTF-8", **env},
+    )
+
+
+def test_start_script_writes_the_gateway_key_and_no_coderag_token(tmp_path: Path) -> None:
+    result = _write_continue_env(tmp_path, LITELLM_API_KEY="sk-gateway-key")
+    assert result.returncode == 0, result.stderr
+    env_file = tmp_path / ".continue" / ".env"
+    assert env_file.read_text(encoding="utf-8") == "LITELLM_API_KEY=sk-gateway-key\n"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert list(env_file.parent.iterdir()) == [env_file], "no temporary file left"
+
+
+def test_start_script_keeps_the_developers_token(tmp_path: Path) -> None:
+    """A re-created container rewrites ~/.continue/.env (its home is a volume): the token
+    coderag-login.sh wrote stays, an older stack's service token and stale keys go."""
+    env_file = tmp_path / ".continue" / ".env"
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text(
+        "CODERAG_API_TOKEN=old-service-token-0123456789\n"
+        "LITELLM_API_KEY=sk-old-key\n"
+        "CODERAG_TOKEN=eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln\n",
+        encoding="utf-8",
+    )
+    result = _write_continue_env(tmp_path, LITELLM_API_KEY="sk-new-key")
+    assert result.returncode == 0, result.stderr
+    assert env_file.read_text(encoding="utf-8").splitlines() == [
+        "LITELLM_API_KEY=sk-new-key",
+        "CODERAG_TOKEN=eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln",
+    ]
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    # and coderag-login.sh's rewrite keeps what start.sh wrote: the two agree on the format
+    login = (DOCKER / "keycloak" / "coderag-login.sh").read_text(encoding="utf-8")
+    assert "grep -v '^CODERAG_TOKEN=' \"$env_file\"" in login
+
+
+def test_start_script_run_as_the_entrypoint_does_its_work(tmp_path: Path) -> None:
+    # executed (not sourced), it runs: here it stops at the VSIX, which only the container has
+    result = run("code-server/start.sh", env={"HOME": str(tmp_path), "LITELLM_API_KEY": "sk-k"})
+    assert result.returncode == 1
+    assert "continue.vsix is missing" in result.stderr
+
+
+def test_start_script_needs_the_gateway_key(tmp_path: Path) -> None:
+    result = _write_continue_env(tmp_path)
+    assert result.returncode != 0
+    assert "LITELLM_API_KEY" in result.stderr
+    assert list((tmp_path / ".continue").iterdir()) == []
 
 
 # --- backup.sh / restore.sh ----------------------------------------------------------------------

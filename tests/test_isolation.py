@@ -8,6 +8,15 @@ secret string that no request ever contains, so a secret in any answer can only 
 (a string prefix) and ``group/beta/sub`` (a path prefix). The app runs over real HTTP with
 ``api_tokens``: ``alpha`` -> [alpha], ``beta`` -> [beta], ``admin`` -> ["*"], ``none`` -> [].
 
+People ask too, and what they may read comes from GitLab (a fake GitLab on loopback with
+recorded-shape payloads) while who they are comes from OIDC tokens of a test issuer on
+loopback (:class:`tests.oidc_issuer.TestIssuer`): ``alice`` is a Reporter of alpha, ``bob`` a
+Developer of beta, ``gus`` only a Guest of beta and beta/sub (Guests read no code of a private
+project), ``erin`` an *external* Maintainer of alpha; beta-tools is an *internal* project,
+which every signed-in non-external user may read. ``gw-alice`` and ``gw-bob`` are the gateway
+acting for alice and bob (a delegation token and ``X-Coderag-User``). Their scopes in
+:data:`SCOPES` are what GitLab's rules give, and the same matrix runs for them.
+
 The endpoints come from the app's own OpenAPI schema, and so do the fields of each request
 body: an operation or a body field the matrix has no values for fails the test, so a new
 endpoint or filter cannot ship unchecked. For each (endpoint, filter combination, token) the
@@ -38,7 +47,9 @@ from coderag.settings import Settings
 from indexer.queue import EmbeddedDispatcher
 from tests.api_support import running_server
 from tests.conftest import git
+from tests.gitlab_mock import FakeGitLab
 from tests.ingest_support import payload
+from tests.oidc_issuer import TestIssuer
 
 pytestmark = pytest.mark.integration
 
@@ -78,8 +89,34 @@ REPOS = {
     C1: Repo(C1, "wombatcanary", "betatools_vault"),
     C2: Repo(C2, "numbatcanary", "betasub_vault"),
 }
-SCOPES: dict[str, set[str] | None] = {"alpha": {A}, "beta": {B}, "none": set(), "admin": None}
-"""token role -> repos it may read (None: all)."""
+TOKEN_SCOPES: dict[str, set[str] | None] = {
+    "alpha": {A},
+    "beta": {B},
+    "none": set(),
+    "admin": None,
+}
+"""service token role -> repos it may read (None: all)."""
+PERSON_SCOPES: dict[str, set[str]] = {
+    "alice": {A, C1},
+    "bob": {B, C1},
+    "gus": {C1},
+    "erin": {A},
+    "gw-alice": {A, C1},
+    "gw-bob": {B, C1},
+}
+"""person (OIDC) or gateway-for-person role -> what GitLab's rules let them read."""
+SCOPES: dict[str, set[str] | None] = {**TOKEN_SCOPES, **PERSON_SCOPES}
+MATRIX_ROLES = [r for r in SCOPES if r != "admin"]
+
+PROJECT_IDS = {A: 101, B: 102, C1: 103, C2: 104}
+VISIBILITY = {A: "private", B: "private", C1: "internal", C2: "private"}
+GITLAB_USERS: dict[str, tuple[int, bool, dict[str, int]]] = {
+    # username -> (user id, external, {repo: access level})
+    "alice": (11, False, {A: 20}),
+    "bob": (12, False, {B: 30}),
+    "gus": (13, False, {B: 10, C2: 10}),
+    "erin": (14, True, {A: 40}),
+}
 
 
 @dataclass
@@ -89,9 +126,22 @@ class Server:
     tokens: dict[str, str]
     http: httpx.Client
     app: Any
+    idp: TestIssuer
+    gitlab: FakeGitLab
+    delegation: str
+    rotated_kid: str
 
     def auth(self, role: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+        """Headers of ``role``: its service token, a fresh OIDC token of the person, or the
+        gateway's delegation token naming the person."""
+        if not role:
+            return {}
+        if role in self.tokens:
+            return {"Authorization": f"Bearer {self.tokens[role]}"}
+        if role.startswith("gw-"):
+            return {"Authorization": f"Bearer {self.delegation}", "X-Coderag-User": role[3:]}
+        token = self.idp.mint(username=role, sub=f"sub-{role}")
+        return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +151,33 @@ def server(
     from coderag.api import create_app
 
     root = tmp_path_factory.mktemp("isolation")
-    tokens = {role: f"{role}-{secrets.token_hex(16)}" for role in SCOPES}
+    tokens = {role: f"{role}-{secrets.token_hex(16)}" for role in TOKEN_SCOPES}
+    delegation = f"gateway-{secrets.token_hex(16)}"
+    idp = TestIssuer(realm="bank").__enter__()
+    rotated_kid = idp.rsa_kid
+    idp.rotate()  # tokens signed with the rotated-out key must be refused
+    gitlab = FakeGitLab(f"glpat-{secrets.token_hex(10)}", admin_token=True).__enter__()
+    for repo, pid in PROJECT_IDS.items():
+        gitlab.add_project(
+            repo, pid, f"https://gitlab.example.com/{repo}.git", visibility=VISIBILITY[repo]
+        )
+    for username, (uid, external, levels) in GITLAB_USERS.items():
+        gitlab.add_user(username, uid, external=external)
+        for repo, level in levels.items():
+            gitlab.set_member(repo, uid, level)
     settings = Settings(
         data_dir=root / "data",
         model_export_dir=model_dir,
         index_backend="edge",
         api_tokens={
             tokens[role]: ["*"] if scope is None else sorted(scope)
-            for role, scope in SCOPES.items()
+            for role, scope in TOKEN_SCOPES.items()
         },
+        delegation_tokens=[delegation],
+        oidc_issuer=idp.issuer,
+        gitlab_url=gitlab.url,
+        gitlab_token=gitlab.token,
+        reconcile_interval_seconds=0,
         push_debounce_seconds=3600,  # an accepted push stays pending: countable, never run
         log_json=False,
         log_level="WARNING",
@@ -141,6 +209,7 @@ def server(
                 url=str(work),
                 branches=["main"],
                 secret_hash=hash_secret(repo.hook_secret),
+                gitlab_project_id=PROJECT_IDS[repo.name],
             )
         )
     app = create_app(settings, runtime=rt)
@@ -149,9 +218,11 @@ def server(
             running_server(app) as url,
             httpx.Client(base_url=url, timeout=60, trust_env=False) as http,
         ):
-            yield Server(url, rt, tokens, http, app)
+            yield Server(url, rt, tokens, http, app, idp, gitlab, delegation, rotated_kid)
     finally:
         rt.close()
+        gitlab.__exit__(None, None, None)
+        idp.__exit__(None, None, None)
 
 
 # --- what a leak is ------------------------------------------------------------------------------
@@ -490,8 +561,11 @@ def _body_fields(op: dict[str, Any]) -> tuple[str, set[str], set[str]]:
 
 def cases_for(key: str, op: dict[str, Any], role: str) -> list[Case]:
     method, template = key.split(" ", 1)
-    own = REPOS[A] if role != "beta" else REPOS[B]
-    other = REPOS[B] if role != "beta" else REPOS[A]
+    # "own": a repo the role may read (requests naming it must work); "other": alpha or beta,
+    # whichever it may not read (what the queries go after).
+    scope = SCOPES[role] or set()
+    own = REPOS[next((r for r in (A, B, C1, C2) if r in scope), A)]
+    other = REPOS[next((r for r in (B, A) if r not in scope), B)]
     if method == "POST" and "requestBody" in op and "{" not in template:
         name, props, options = _body_fields(op)
         if name in ("SearchRequest", "ContextRequest"):
@@ -548,7 +622,7 @@ def test_isolation_matrix(server: Server):
             continue
         assert op.get("security"), f"{key} is not behind the bearer token"
         covered.add(key)
-        for role in ("alpha", "beta", "none"):
+        for role in MATRIX_ROLES:
             cases.extend((role, c) for c in cases_for(key, op, role))
     assert {"POST /v1/search", "POST /v1/context", "POST /v1/continue/context"} <= covered
 
@@ -568,12 +642,21 @@ def test_isolation_matrix(server: Server):
         results = list(pool.map(check, cases))
     problems = [p for r in results for p in r]
     per_op: dict[str, int] = {}
-    for _, c in cases:
+    per_role: dict[str, dict[str, int]] = {}
+    for (role, c), found in zip(cases, results, strict=True):
         per_op[c.op] = per_op.get(c.op, 0) + 1
+        row = per_role.setdefault(role, {"combinations": 0, "problems": 0})
+        row["combinations"] += 1
+        row["problems"] += len(found)
     print(
         "\nISOLATION-FIGURE "
         + json.dumps(
-            {"combinations": len(cases), "operations": per_op, "problems": len(problems)},
+            {
+                "combinations": len(cases),
+                "operations": per_op,
+                "roles": per_role,
+                "problems": len(problems),
+            },
             sort_keys=True,
         )
     )
@@ -613,6 +696,13 @@ def test_a_scoped_token_lists_only_its_repositories(server: Server):
         assert "secret_hash" not in resp.text
 
 
+OTHER_ISSUER = "https://idp.example.com/realms/bank"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 UNAUTHENTICATED: list[tuple[str, Callable[[Server], dict[str, str]]]] = [
     ("no header", lambda s: {}),
     ("unknown token", lambda s: {"Authorization": f"Bearer {secrets.token_hex(20)}"}),
@@ -624,11 +714,26 @@ UNAUTHENTICATED: list[tuple[str, Callable[[Server], dict[str, str]]]] = [
     ("webhook secret", lambda s: {"Authorization": f"Bearer {REPOS[A].hook_secret}"}),
     ("token in X-Gitlab-Token", lambda s: {"X-Gitlab-Token": s.tokens["admin"]}),
 ]
+BAD_TOKENS: list[tuple[str, Callable[[Server], dict[str, str]]]] = [
+    # OIDC tokens that must never authenticate, each refused with its reason:
+    ("expired", lambda s: _bearer(s.idp.mint(username="bob", exp_in=-120))),
+    ("not yet valid", lambda s: _bearer(s.idp.mint(username="bob", nbf_in=600))),
+    ("another audience", lambda s: _bearer(s.idp.mint(username="bob", aud="account"))),
+    ("another issuer", lambda s: _bearer(s.idp.mint(username="bob", iss=OTHER_ISSUER))),
+    ("alg none", lambda s: _bearer(s.idp.none_token(username="bob"))),
+    ("HS256 with the public key", lambda s: _bearer(s.idp.hs256_with_public_key_token())),
+    ("tampered payload", lambda s: _bearer(s.idp.tampered_token(username="bob"))),
+    ("unknown kid", lambda s: _bearer(s.idp.mint(kid="0" * 16, sign_with=s.idp.rsa_kid))),
+    ("rotated-out key", lambda s: _bearer(s.idp.mint(kid=s.rotated_kid, username="bob"))),
+    ("refresh token", lambda s: _bearer(s.idp.mint(username="bob", typ="Refresh"))),
+    ("no username claim", lambda s: _bearer(s.idp.mint(username=None))),
+    ("delegation token, no user", lambda s: _bearer(s.delegation)),
+]
 
 
 def test_no_or_unknown_token_is_401_on_every_protected_operation(server: Server):
     ops = operations(server)
-    checked = 0
+    checked = bad_oidc = 0
     for key, op in sorted(ops.items()):
         if key in PUBLIC or key == WEBHOOK:
             continue
@@ -643,15 +748,20 @@ def test_no_or_unknown_token_is_401_on_every_protected_operation(server: Server)
                 "ContinueRequest": {"fullInput": REPOS[B].canary},
                 "RegisterRepo": {"url": "https://gitlab.example.com/group/x"},
             }[name]
-        for label, headers in UNAUTHENTICATED:
+        for label, headers in UNAUTHENTICATED + BAD_TOKENS:
             resp = server.http.request(
                 method, path, headers=headers(server), json=body, params={"token": "x"}
             )
             assert resp.status_code == 401, (key, label, resp.text)
             assert resp.json()["error_code"] == "unauthorized"
+            assert resp.json()["detail"], (key, label)
             assert not leaks_in(resp.text, set(), resp.status_code)
             checked += 1
-    print(f"\nISOLATION-FIGURE unauthenticated_checks={checked}")
+            bad_oidc += label in dict(BAD_TOKENS)
+    print(
+        "\nISOLATION-FIGURE "
+        + json.dumps({"unauthenticated_checks": checked, "bad_token_checks": bad_oidc})
+    )
     listed = server.http.get("/v1/repos", headers=server.auth("admin")).json()["repos"]
     assert len(listed) == len(REPOS)  # nothing was registered or deleted
 
@@ -677,6 +787,9 @@ def test_webhook_secrets_are_per_repository(server: Server):
             after=after,
             ref="refs/heads/main",
         )
+        # The project's GitLab id, as GitLab sends it (the registry knows the repo by it).
+        pid = PROJECT_IDS.get(repo, 999)
+        body["project_id"] = body["project"]["id"] = pid
         headers = {"X-Gitlab-Event": "Push Hook", **kw}
         if token is not None:
             headers["X-Gitlab-Token"] = token
@@ -735,8 +848,12 @@ def test_the_litellm_hook_with_a_scoped_token_adds_no_other_repo(server: Server)
     from retriever import litellm_hook as hook_mod
 
     other = REPOS[B]
-    hook = hook_mod.CoderagContextHook(server.url, server.tokens["alpha"], timeout=30)
-    admin_hook = hook_mod.CoderagContextHook(server.url, server.tokens["admin"], timeout=30)
+    hook = hook_mod.CoderagContextHook(
+        server.url, server.tokens["alpha"], timeout=30, identity="service"
+    )
+    admin_hook = hook_mod.CoderagContextHook(
+        server.url, server.tokens["admin"], timeout=30, identity="service"
+    )
 
     def chat(**extra: Any) -> dict[str, Any]:
         msg = f"How does reconcile_{other.canary} work? {other.vault_file}"
@@ -769,6 +886,76 @@ def test_the_litellm_hook_with_a_scoped_token_adds_no_other_repo(server: Server)
     assert other.secret in answers[-1]
     for text in answers[:-1]:
         assert other.secret not in text and other.vault not in text.replace(other.vault_file, "")
+
+
+def test_the_litellm_hook_reads_as_the_gateways_user(server: Server):
+    """The hook as LiteLLM calls it (its own ``UserAPIKeyAuth``, the request dict it builds):
+    with a delegation token it reads what the key's user may read, and nothing for a key that
+    names no user. The body's ``user`` (the client writes it) changes nothing."""
+    import asyncio
+
+    from retriever import litellm_hook as hook_mod  # first: it keeps litellm offline
+
+    from litellm.proxy._types import UserAPIKeyAuth  # isort: skip
+
+    hook = hook_mod.CoderagContextHook(server.url, server.delegation, timeout=30)
+    assert hook.identity == "user"  # the default: act for the user, never as everyone
+
+    def chat(repo: Repo, **extra: Any) -> dict[str, Any]:
+        msg = f"How does reconcile_{repo.canary} work? {repo.vault_file}"
+        return {"model": "m", "messages": [{"role": "user", "content": msg}], **extra}
+
+    async def ask(user: UserAPIKeyAuth, data: dict[str, Any]) -> str:
+        return json.dumps(await hook.async_pre_call_hook(user, None, data, "acompletion"))
+
+    alice, bob, nobody = (
+        UserAPIKeyAuth(api_key="hashed-key", user_id="alice"),
+        UserAPIKeyAuth(api_key="hashed-key", user_id="bob"),
+        UserAPIKeyAuth(api_key="hashed-key"),
+    )
+    selections = [
+        {},
+        {"metadata": {"coderag": {"repos": [B]}}},
+        {"metadata": {"repo": B}},
+        {"proxy_server_request": {"headers": {"x-coderag-repos": f"{A},{B}"}}},
+        {"user": "bob"},  # the client's claim, not the gateway's
+    ]
+
+    async def run_all() -> dict[str, list[str]]:
+        return {
+            "alice": [await ask(alice, chat(REPOS[B], **sel)) for sel in selections],
+            "nobody": [await ask(nobody, chat(REPOS[A], **sel)) for sel in selections],
+            "bob": [await ask(bob, chat(REPOS[B]))],
+            "alice-own": [await ask(alice, chat(REPOS[A]))],
+        }
+
+    answers = asyncio.run(run_all())
+    assert REPOS[B].secret in answers["bob"][0]  # the control: bob does read beta
+    assert REPOS[A].secret in answers["alice-own"][0]  # and alice alpha
+    for text in answers["alice"]:
+        assert REPOS[B].secret not in text, text[:300]
+    for text in answers["nobody"]:
+        assert hook_mod.PREAMBLE not in text and REPOS[A].secret not in text
+
+
+def test_who_may_act_for_whom(server: Server):
+    """Only a delegation token names a user; a person cannot become another, nor a service
+    token a person; a user GitLab does not know reads nothing."""
+    body = {"query": REPOS[B].canary}
+    as_bob = {"X-Coderag-User": "bob"}
+    cases = [
+        ({**server.auth("alpha"), **as_bob}, 403),
+        ({**server.auth("alice"), **as_bob}, 403),
+        ({**server.auth("gw-alice"), "X-Coderag-User": "bob\tadmin"}, 401),
+        (_bearer(server.idp.mint(username="mallory")), 403),  # not a GitLab user
+        ({"Authorization": f"Bearer {server.delegation}", "X-Coderag-User": "mallory"}, 403),
+    ]
+    for headers, expect in cases:
+        resp = server.http.post("/v1/search", json=body, headers=headers)
+        assert resp.status_code == expect, (headers.get("X-Coderag-User"), resp.text)
+        assert REPOS[B].secret not in resp.text and resp.json()["detail"]
+    listed = server.http.get("/v1/repos", headers=_bearer(server.idp.mint(username="mallory")))
+    assert listed.status_code == 200 and listed.json()["repos"] == []
 
 
 # --- removing a repository touches no other --------------------------------------------------

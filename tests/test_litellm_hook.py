@@ -43,7 +43,9 @@ def test_the_module_exposes_a_real_custom_logger():
 def test_context_from_metadata_selection_is_merged_into_the_system_message(
     api_server: ApiServer,
 ):
-    hook = hook_mod.CoderagContextHook(api_server.url, api_server.tokens["alpha"])
+    hook = hook_mod.CoderagContextHook(
+        api_server.url, api_server.tokens["alpha"], identity="service"
+    )
     data = chat(metadata={"coderag": {"repos": [ALPHA], "branch": "main"}})
     out = run(hook, data)
     msgs = out["messages"]
@@ -55,7 +57,9 @@ def test_context_from_metadata_selection_is_merged_into_the_system_message(
 
 
 def test_header_selection_and_list_content(api_server: ApiServer):
-    hook = hook_mod.CoderagContextHook(api_server.url, api_server.tokens["admin"])
+    hook = hook_mod.CoderagContextHook(
+        api_server.url, api_server.tokens["admin"], identity="service"
+    )
     data = {
         "model": "coder",
         "messages": [
@@ -71,7 +75,9 @@ def test_header_selection_and_list_content(api_server: ApiServer):
 
 
 def test_other_call_types_and_opt_out_pass_through(api_server: ApiServer):
-    hook = hook_mod.CoderagContextHook(api_server.url, api_server.tokens["admin"])
+    hook = hook_mod.CoderagContextHook(
+        api_server.url, api_server.tokens["admin"], identity="service"
+    )
     for data, call_type in [
         (chat(), "embedding"),
         (chat(metadata={"coderag": False}), "acompletion"),
@@ -91,14 +97,18 @@ def _dead_port() -> int:
 def test_coderag_down_or_refusing_passes_the_request_through_unchanged(
     api_server: ApiServer, caplog: pytest.LogCaptureFixture
 ):
-    down = hook_mod.CoderagContextHook(f"http://127.0.0.1:{_dead_port()}", "t" * 20, timeout=2)
+    down = hook_mod.CoderagContextHook(
+        f"http://127.0.0.1:{_dead_port()}", "t" * 20, timeout=2, identity="service"
+    )
     data = chat(metadata={"repo": ALPHA})
     before = copy.deepcopy(data)
     t0 = time.perf_counter()
     assert run(down, data) == before
     assert time.perf_counter() - t0 < 3
 
-    refused = hook_mod.CoderagContextHook(api_server.url, api_server.tokens["alpha"])
+    refused = hook_mod.CoderagContextHook(
+        api_server.url, api_server.tokens["alpha"], identity="service"
+    )
     data = chat(metadata={"repo": BETA})  # out of the token's scope: 403
     before = copy.deepcopy(data)
     assert run(refused, data) == before
@@ -133,3 +143,25 @@ def test_key_metadata_bounds_what_a_request_may_select():
     assert hook_mod.restrict_to_key({"repos": ["b/z"], "branch": None}, key) is None
     assert hook_mod.restrict_to_key(sel, None) == sel
     assert hook_mod.restrict_to_key(sel, {"metadata": {}}) == sel
+
+
+def test_the_gateway_user_is_the_one_litellm_authenticated():
+    """``user_id`` (or ``user_email``) of LiteLLM's auth result; nothing for a key without
+    a user, for malformed values, or for the master key's ``default_user_id`` (LiteLLM's
+    ``litellm.constants.LITELLM_PROXY_ADMIN_NAME``), which names no person."""
+    from litellm.constants import LITELLM_PROXY_ADMIN_NAME
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    user = hook_mod.gateway_user
+    assert LITELLM_PROXY_ADMIN_NAME == hook_mod.PROXY_ADMIN_USER
+    assert user(UserAPIKeyAuth(user_id="alice")) == "alice"
+    assert user(UserAPIKeyAuth(user_id="alice", user_email="a@bank.example"), "user_email") == (
+        "a@bank.example"
+    )
+    assert user(UserAPIKeyAuth()) is None
+    assert user(UserAPIKeyAuth(user_id=LITELLM_PROXY_ADMIN_NAME)) is None
+    assert user(UserAPIKeyAuth(user_id="bob admin")) is None
+    assert user({"user_id": "carol"}) == "carol"
+    assert user(None) is None
+    with pytest.raises(ValueError, match="CODERAG_HOOK_IDENTITY"):
+        hook_mod.CoderagContextHook("http://127.0.0.1:1", "t" * 20, identity="everyone")

@@ -36,8 +36,8 @@ from fastapi import FastAPI
 from coderag.api.errors import error_responses, install_error_handling, openapi_with_errors
 from coderag.api.health import router as health_router
 from coderag.api.repos import router as repos_router
-from coderag.auth import TokenAuth
-from coderag.errors import CoderagError
+from coderag.auth import authenticator_from_settings
+from coderag.errors import CoderagError, TransientError
 from coderag.freshness import start_in_api
 from coderag.logging import configure_logging
 from coderag.repos import RepoRegistry
@@ -118,7 +118,8 @@ def _lifespan(settings: Settings, injected: Runtime | None) -> Callable[[FastAPI
                 extra={
                     "mode": "distributed" if settings.distributed else "embedded",
                     "index": settings.resolved_backend,
-                    "auth": "on" if settings.api_tokens else "off",
+                    "auth": "on" if settings.auth_enabled else "off",
+                    "oidc": settings.oidc_issuer or "off",
                     "warm_up_s": round(time.perf_counter() - t0, 3),
                 },
             )
@@ -146,6 +147,14 @@ def _lifespan(settings: Settings, injected: Runtime | None) -> Callable[[FastAPI
 # --- the factory ----------------------------------------------------------------------------
 
 
+def _gitlab_projects(app: FastAPI) -> dict[str, int]:
+    """The registered GitLab projects, for per-user scopes (the registry opens at start-up)."""
+    registry = app.state.registry
+    if registry is None:
+        raise TransientError("the service is starting: the repository registry is not open yet")
+    return registry.gitlab_projects()
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """The coderag API. ``runtime``: an already built runtime to serve (not closed on
     shutdown; the caller owns it), else one is built from ``settings`` in the lifespan."""
@@ -160,7 +169,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         lifespan=_lifespan(settings, runtime),
     )
     app.state.settings = settings
-    app.state.auth = TokenAuth(settings.api_tokens)
+    app.state.auth = authenticator_from_settings(settings, projects=lambda: _gitlab_projects(app))
     app.state.runtime = None
     app.state.dispatcher = None
     app.state.registry = None

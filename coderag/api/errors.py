@@ -54,6 +54,10 @@ _PUBLIC_5XX = {
     "config_error": "the server is misconfigured",
     "git_error": "git failed",
     "gitlab_error": "the GitLab API failed",
+    "permissions_unavailable": "GitLab could not be asked what this user may read, so no code "
+    "is served (fail closed); try again shortly",
+    "identity_provider_unavailable": "the identity provider's signing keys could not be "
+    "fetched, so no token can be verified yet; try again shortly",
 }
 _HTTP_CODES = {
     400: "invalid_input",
@@ -89,7 +93,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     422: _documented("The request body or parameters do not match the schema."),
     500: _documented("Internal error (details are in the server log, never in the response)."),
-    503: _documented("The index or the embedding model is unavailable."),
+    503: _documented(
+        "The index or the embedding model is unavailable, or (per-user access) GitLab or the "
+        "identity provider could not be asked."
+    ),
 }
 """The errors of a read route, for its OpenAPI ``responses=``."""
 

@@ -142,7 +142,7 @@ def repo_status(
 ) -> RepoStatus:
     """Per branch: indexed commit, chunks, pending push and lag, last run and its error."""
     if not principal.can_read(repo):
-        raise ForbiddenError(f"token {principal.token_id} may not read: {repo}")
+        raise ForbiddenError(f"{principal.label} may not read: {repo}")
     rt = getattr(request.app.state, "runtime", None)
     if rt is None:
         raise TransientError("the service is starting: the index is not open yet")
@@ -207,7 +207,7 @@ def _principal(request: Request) -> Principal:
 def _require_admin(request: Request) -> None:
     p = _principal(request)
     if not p.unrestricted:
-        raise ForbiddenError(f"token {p.token_id} may not administer repositories (needs '*')")
+        raise ForbiddenError(f"{p.label} may not administer repositories (needs '*')")
 
 
 def _is_local(url: str) -> bool:
