@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from coderag.oidc import DEFAULT_ALGORITHMS
+
 __all__ = ["Settings", "get_settings"]
 
 _FORBIDDEN_SECRETS = {"changeme", "change-me", "secret", "password", "token", "default"}
@@ -96,18 +98,7 @@ class Settings(BaseSettings):
     oidc_jwks_file: Path | None = None
     """A JWKS file: a fully offline site's keys, never fetched (replace it when keys rotate)."""
     oidc_algorithms: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: [
-            "RS256",
-            "RS384",
-            "RS512",
-            "PS256",
-            "PS384",
-            "PS512",
-            "ES256",
-            "ES384",
-            "ES512",
-            "EdDSA",
-        ]
+        default_factory=lambda: list(DEFAULT_ALGORITHMS)
     )
     """Signature algorithms accepted: asymmetric only (``none`` and ``HS*`` are refused)."""
     oidc_user_claim: str = "preferred_username"

