@@ -59,6 +59,7 @@ __all__ = [
     "PrincipalKind",
     "TokenAuth",
     "TokenVerifier",
+    "authenticate_request",
     "authenticator_from_settings",
     "bearer_scheme",
     "require_principal",
@@ -361,6 +362,14 @@ def require_principal(
 ) -> Principal:
     """FastAPI dependency: the caller's :class:`Principal`, also left on ``request.state``
     so other routers (repo administration) can scope what they show."""
+    return authenticate_request(request)
+
+
+def authenticate_request(request: Request) -> Principal:
+    """The caller's :class:`Principal` from the request's headers (``Authorization`` and
+    :data:`ACTING_FOR_HEADER`), left on ``request.state.principal``; a refused credential is
+    audited and raised. :func:`require_principal` for the routers, and the guard of ``/mcp``,
+    so every entry point authenticates the same way. Blocking (GitLab may be asked)."""
     auth: Authenticator | TokenAuth | None = getattr(request.app.state, "auth", None)
     try:
         principal = (auth or TokenAuth({})).authenticate(

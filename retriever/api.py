@@ -51,8 +51,10 @@ __all__ = [
     "SearchRequest",
     "SearchResponse",
     "SearchResult",
+    "audited",
     "file_uri",
     "router",
+    "scoped_search",
 ]
 
 log = logging.getLogger(__name__)
@@ -433,6 +435,39 @@ def _search_request(request: Request, audit: _Audit, body: SearchRequest) -> lis
         languages=body.languages,
         k=body.k,
         mode=body.mode,
+    )
+
+
+def audited(request: Request, endpoint: str, principal: Principal, query: str) -> _Audit:
+    """The audit context of one read by a caller outside this router (the MCP tools): the
+    same ``search`` audit line as the routes write, under ``endpoint``."""
+    return _audit(request, endpoint, principal, query)
+
+
+def scoped_search(
+    request: Request,
+    audit: _Audit,
+    query: str,
+    *,
+    repos: Sequence[str] | None = None,
+    branch: str | None = None,
+    path_globs: Sequence[str] | None = None,
+    languages: Sequence[str] | None = None,
+    k: int = 10,
+    mode: Mode | None = None,
+) -> list[Hit]:
+    """The routes' search (token scope, defence-in-depth filter, ``repo_moved``, the audit's
+    repos and result count) for callers outside this router, so there is one such path."""
+    return _search(
+        request,
+        audit,
+        query,
+        repos=repos,
+        branch=branch,
+        path_globs=path_globs,
+        languages=languages,
+        k=k,
+        mode=mode,
     )
 
 

@@ -13,7 +13,8 @@ leaves everything heavy to the lifespan, which runs once per process:
    forwarder, which hands spooled deliveries to the dispatcher whenever the broker is
    reachable (rows left by a previous run of this process included);
 4. put them on ``app.state`` (``settings``, ``runtime``, ``registry``, ``redis``,
-   ``dispatcher``, ``webhook_spool``, ``webhook_forwarder``), where every router reads them.
+   ``dispatcher``, ``webhook_spool``, ``webhook_forwarder``), where every router reads them;
+5. run the MCP session manager of ``/mcp`` (:mod:`coderag.api.mcp`) until shutdown.
 
 This module is a composition root: it imports the routers of every stage (retrieval,
 webhooks, repositories, operations) and the indexer's dispatcher; no router imports it.
@@ -35,6 +36,8 @@ from fastapi import FastAPI
 
 from coderag.api.errors import error_responses, install_error_handling, openapi_with_errors
 from coderag.api.health import router as health_router
+from coderag.api.mcp import install_mcp
+from coderag.api.mcp import serving as serving_mcp
 from coderag.api.repos import router as repos_router
 from coderag.auth import authenticator_from_settings
 from coderag.errors import CoderagError, TransientError
@@ -123,7 +126,8 @@ def _lifespan(settings: Settings, injected: Runtime | None) -> Callable[[FastAPI
                     "warm_up_s": round(time.perf_counter() - t0, 3),
                 },
             )
-            yield
+            async with serving_mcp(app):  # the SDK's session manager, for this lifespan
+                yield
         finally:
             if getattr(app.state, "freshness", None) is not None:  # reconcile passes
                 app.state.freshness.stop()
@@ -195,5 +199,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(webhook_router, responses=hook_responses)
     app.include_router(repos_router)
     app.include_router(health_router)
+    # The Model Context Protocol (streamable HTTP), under the same bearer auth; not in the
+    # OpenAPI schema (coderag/api/mcp.py).
+    install_mcp(app, version=app.version)
     app.openapi = openapi_with_errors(app)  # type: ignore[method-assign]
     return app

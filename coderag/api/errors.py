@@ -38,10 +38,12 @@ __all__ = [
     "ERROR_RESPONSES",
     "ErrorResponse",
     "RequestContext",
+    "coderag_error_response",
     "error_response",
     "error_responses",
     "install_error_handling",
     "openapi_with_errors",
+    "public_detail",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,8 +124,19 @@ def _request_id(request: Request) -> str:
     return str(getattr(request.state, "request_id", "") or "-")
 
 
-async def _coderag_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, CoderagError)
+def public_detail(exc: CoderagError) -> str:
+    """What a caller may read of ``exc``: its detail for a 4xx, a fixed public sentence for a
+    5xx (library messages name paths and hosts). For answers outside an HTTP error body too
+    (the MCP tools' errors)."""
+    if int(exc.http_status) >= 500:
+        return _PUBLIC_5XX.get(exc.error_code, "internal error")
+    return exc.detail
+
+
+def coderag_error_response(request: Request, exc: CoderagError) -> Response:
+    """The answer to ``exc`` in the one error shape (a 5xx is logged with its real message,
+    answered with :func:`public_detail` and the request id; a 401 says ``WWW-Authenticate``).
+    The exception handler, and ASGI apps mounted beside the routers (``/mcp``), answer with it."""
     status = int(exc.http_status)
     if status >= 500:
         # Library errors are translated with their message (paths, hosts): log it, answer less.
@@ -131,10 +144,15 @@ async def _coderag_error(request: Request, exc: Exception) -> Response:
             "request failed",
             extra={"error_code": exc.error_code, "error": exc.detail, "path": request.url.path},
         )
-        public = _PUBLIC_5XX.get(exc.error_code, "internal error")
-        return error_response(status, exc.error_code, f"{public} (request {_request_id(request)})")
+        detail = f"{public_detail(exc)} (request {_request_id(request)})"
+        return error_response(status, exc.error_code, detail)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return error_response(status, exc.error_code, exc.detail, headers)
+
+
+async def _coderag_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CoderagError)
+    return coderag_error_response(request, exc)
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
