@@ -41,6 +41,7 @@ from coderag.errors import CoderagError, TransientError
 from coderag.metrics import QUERY_LATENCY, SEARCH_RESULTS
 from coderag.models import Hit
 from retriever.context import ContextBlock, approx_tokens, assemble
+from retriever.continue_items import continue_entries
 
 __all__ = [
     "ContextRequest",
@@ -243,8 +244,12 @@ class ContinueRequest(BaseModel):
 class ContinueUri(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["file"] = "file"
-    value: str
+    type: Literal["file", "url"] = "file"
+    value: str = Field(
+        description="``file``: a path under the caller's ``workspacePath`` (the repository "
+        "the request named), or repo-relative; ``url``: the GitLab web URL of the lines, for "
+        "files of other repositories (no local copy to open)."
+    )
 
 
 class ContinueItem(BaseModel):
@@ -277,19 +282,6 @@ def file_uri(path: str, workspace: str | None) -> str:
         return f"{workspace.rstrip('/')}/{rel}"
     ws = workspace.replace("\\", "/").rstrip("/")
     return f"file://{ws if ws.startswith('/') else '/' + ws}/{rel}"
-
-
-def workspace_file(path: str, workspace: str | None) -> str:
-    """What Continue wants in ``uri.value``: an absolute path under the workspace when it sent
-    one (a URI when its workspace is a URI, as newer Continue versions send), else the
-    repo-relative path."""
-    rel = path.lstrip("/")
-    if not workspace:
-        return rel
-    if workspace.startswith("file://"):
-        return f"{workspace.rstrip('/')}/{rel}"
-    sep = "\\" if ("\\" in workspace and "/" not in workspace) else "/"
-    return workspace.rstrip("/\\") + sep + (rel.replace("/", sep) if sep == "\\" else rel)
 
 
 class _Audit:
@@ -554,15 +546,26 @@ def continue_context(
             mode=opts.mode,
         )
         blocks = assemble(hits, _budget(request, opts.token_budget), approx_tokens)
-    items = []
-    for b in blocks:
-        where = f"{b.repo}: {b.path} ({b.lines_label})"
-        items.append(
-            ContinueItem(
-                name=b.name,
-                description=f"{where} · {b.symbol}" if b.symbol else where,
-                content=b.render(),
-                uri=ContinueUri(type="file", value=workspace_file(b.path, body.workspacePath)),
-            )
+    registry = getattr(request.app.state, "registry", None)
+
+    def clone_url(repo: str) -> str | None:
+        rec = registry.get(repo) if registry is not None else None
+        return rec.url if rec is not None else None
+
+    entries = continue_entries(
+        blocks,
+        workspace=body.workspacePath,
+        workspace_repo=repos[0] if len(repos) == 1 else None,
+        clone_url=clone_url,
+        ref=opts.branch,
+    )
+    items = [
+        ContinueItem(
+            name=e.name,
+            description=e.description,
+            content=e.content,
+            uri=ContinueUri(type=e.uri_type, value=e.uri_value),  # type: ignore[arg-type]
         )
+        for e in entries
+    ]
     return items

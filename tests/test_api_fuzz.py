@@ -133,7 +133,11 @@ def _reasoned_4xx(response: Any) -> str | None:
         body = json.loads(response.content)
     except ValueError:
         return f"{response.status_code} without a JSON body: {response.content[:200]!r}"
-    if not isinstance(body, dict) or set(body) != {"error_code", "detail"}:
+    shape = {"error_code", "detail"}
+    url = str(getattr(getattr(response, "request", None), "url", ""))
+    if url.split("?")[0].endswith("/v1/continue/context"):
+        shape |= {"name", "description", "content"}  # also one item Continue shows
+    if not isinstance(body, dict) or set(body) != shape:
         return f"{response.status_code} not in the error shape: {str(body)[:200]}"
     if not all(isinstance(body[k], str) and body[k].strip() for k in ("error_code", "detail")):
         return f"{response.status_code} without a reason: {body}"

@@ -79,6 +79,11 @@ class ErrorResponse(BaseModel):
 
     error_code: str = Field(examples=["forbidden"])
     detail: str = Field(examples=["token 3f2a9c1b0e4d may not read: group/other"])
+    name: str | None = Field(
+        default=None, description="Continue route only: the error as the item Continue shows."
+    )
+    description: str | None = Field(default=None, description="Continue route only.")
+    content: str | None = Field(default=None, description="Continue route only.")
 
 
 def _documented(description: str) -> dict[str, Any]:
@@ -109,12 +114,35 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: ERROR_RESPONSES.get(s) or _documented(HTTPStatus(s).phrase) for s in statuses}
 
 
+CONTINUE_PATH = "/v1/continue/context"
+
+
+def _as_continue_item(status: int, code: str, detail: str) -> dict[str, str]:
+    """The error as the one context item Continue shows. Continue never reads the HTTP
+    status: it parses any JSON body, and an object becomes one item from its ``name``,
+    ``description`` and ``content`` (``HttpContextProvider.ts``, continuedev/continue), so a
+    bare error body would be an empty item named after the provider, a silent failure."""
+    return {
+        "name": f"coderag: {code}",
+        "description": f"coderag could not give context (HTTP {status}): {detail}"[:500],
+        "content": f"coderag could not give context: {detail} (HTTP {status}, {code}).",
+    }
+
+
 def error_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    request: Request | None = None,
 ) -> Response:
-    """An answer in the one error shape, counted in ``coderag_http_errors_total``."""
+    """An answer in the one error shape, counted in ``coderag_http_errors_total``; on the
+    Continue route the same object is also a context item that says what went wrong."""
     HTTP_ERRORS.labels(error_code=code).inc()
-    return JSONResponse({"error_code": code, "detail": detail}, status_code=status, headers=headers)
+    body: dict[str, str] = {"error_code": code, "detail": detail}
+    if request is not None and request.url.path == CONTINUE_PATH:
+        body |= _as_continue_item(status, code, detail)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 # --- exception handlers ---------------------------------------------------------------------
@@ -145,9 +173,9 @@ def coderag_error_response(request: Request, exc: CoderagError) -> Response:
             extra={"error_code": exc.error_code, "error": exc.detail, "path": request.url.path},
         )
         detail = f"{public_detail(exc)} (request {_request_id(request)})"
-        return error_response(status, exc.error_code, detail)
+        return error_response(status, exc.error_code, detail, request=request)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return error_response(status, exc.error_code, exc.detail, headers)
+    return error_response(status, exc.error_code, exc.detail, headers, request)
 
 
 async def _coderag_error(request: Request, exc: Exception) -> Response:
@@ -168,7 +196,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
             msg = "body is not valid JSON"
         parts.append(f"{_loc(e.get('loc', ()))}: {msg}")
     detail = "; ".join(parts) or "invalid request"
-    return error_response(422, "validation_error", detail[:2000])
+    return error_response(422, "validation_error", detail[:2000], request=request)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -178,7 +206,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request)
-    return error_response(exc.status_code, code, detail, headers or None)
+    return error_response(exc.status_code, code, detail, headers or None, request)
 
 
 def _allowed_methods(request: Request) -> str:
