@@ -23,7 +23,7 @@ from embeddings import Embedder, sparse_query
 from retriever.query import ParsedQuery, parse_query
 from retriever.roles import file_role, query_roles
 
-__all__ = ["FusionConfig", "Mode", "Retriever", "record_to_hit"]
+__all__ = ["FusionConfig", "Mode", "Retriever", "payload_to_hit", "record_to_hit"]
 
 log = logging.getLogger(__name__)
 Mode = Literal["hybrid", "dense", "lexical"]
@@ -196,9 +196,13 @@ def _diversify(hits: list[Hit], per_file: int, k: int) -> list[Hit]:
 
 
 def record_to_hit(rec: ScoredRecord, score: float) -> Hit:
-    p = ChunkPayload.from_dict(rec.payload)
+    return payload_to_hit(str(rec.id), ChunkPayload.from_dict(rec.payload), score)
+
+
+def payload_to_hit(point_id: str, p: ChunkPayload, score: float = 1.0) -> Hit:
+    """A :class:`Hit` of one stored point (searched, or read by a filter with no score)."""
     return Hit(
-        id=rec.id,
+        id=point_id,
         score=float(score),
         repo=p.repo,
         path=p.path,

@@ -56,6 +56,7 @@ from coderag.index.payload import ChunkPayload
 from coderag.models import Hit
 from coderag.status import repo_status
 from retriever.api import MAX_QUERY_CHARS, Glob, K, Lang, RepoName, audited, scoped_search
+from retriever.search import payload_to_hit
 
 __all__ = [
     "MCP_PATH",
@@ -389,7 +390,7 @@ def find_symbol(
                     break
                 p = ChunkPayload.from_dict(payload)
                 if scope is None or p.repo in scope:
-                    found[pid] = SymbolMatch(**_chunk(_as_hit(pid, p)), match="exact")
+                    found[pid] = SymbolMatch(**_chunk(payload_to_hit(pid, p)), match="exact")
             if len(found) < k:  # labels such as "a, b" or "A.name": lexical, then filtered
                 hits = scoped_search(
                     request, audit, name, repos=scope, k=min(100, max(5 * k, 50)), mode="lexical"
@@ -404,23 +405,6 @@ def find_symbol(
     except CoderagError as exc:
         raise _tool_error(exc) from exc
     return SymbolResults(results=results)
-
-
-def _as_hit(pid: str, p: ChunkPayload) -> Hit:
-    return Hit(
-        id=pid,
-        score=1.0,
-        repo=p.repo,
-        path=p.path,
-        language=p.language,
-        start_line=p.start_line,
-        end_line=p.end_line,
-        text=p.text,
-        kind=p.kind,
-        symbol=p.symbol,
-        branches=p.branches,
-        commit=p.commit,
-    )
 
 
 def list_repos(ctx: Context) -> RepoList:
