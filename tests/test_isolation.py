@@ -958,6 +958,97 @@ def test_who_may_act_for_whom(server: Server):
     assert listed.status_code == 200 and listed.json()["repos"] == []
 
 
+# --- MCP: the same isolation through the tools ----------------------------------------------
+
+
+def mcp_cases(role: str) -> list[tuple[str, dict[str, Any], bool]]:
+    """(tool, arguments, names an out-of-scope repo) for ``role``: every tool, with the own
+    repo, the other, the prefix-named ones, spellings of the other, and none."""
+    scope = SCOPES[role] or set()
+    own = REPOS[next((r for r in (A, B, C1, C2) if r in scope), A)]
+    other = REPOS[next((r for r in (B, A) if r not in scope), B)]
+    specs: list[dict[str, Any]] = [
+        {},
+        {"repo": own.name},
+        {"repo": other.name},
+        {"repo": C1},
+        {"repo": C2},
+        {"repo": "*"},
+        {"repo": other.name.upper()},
+        {"repo": other.name + "/"},
+        {"repos": [own.name, other.name]},
+    ]
+
+    def named(spec: dict[str, Any]) -> list[str]:
+        return [spec["repo"]] if "repo" in spec else list(spec.get("repos", []))
+
+    def out_of_scope(names: list[str]) -> bool:
+        return any(n not in scope for n in names) or not scope
+
+    cases: list[tuple[str, dict[str, Any], bool]] = []
+    for spec, query in itertools.product(specs, queries(own, other)):
+        cases.append(("search_code", {"query": query, "k": 100, **spec}, out_of_scope(named(spec))))
+    for spec in specs:
+        if "repo" in spec:
+            for path in (other.vault_file, own.vault_file, "src/shared/common.py"):
+                args = {"repo": spec["repo"], "path": path}
+                cases.append(("get_file", args, out_of_scope([spec["repo"]])))
+        if "repos" not in spec:  # find_symbol takes one repo
+            cases.append(
+                (
+                    "find_symbol",
+                    {"name": f"reconcile_{other.canary}", **spec},
+                    out_of_scope(named(spec)),
+                )
+            )
+    cases.append(("list_repos", {}, False))
+    return cases
+
+
+def test_mcp_tools_hold_the_same_isolation(server: Server):
+    """Every MCP tool, for every caller of the matrix, through the SDK's own client over HTTP:
+    no secret, path or result of a repo outside the caller's scope, and naming such a repo is a
+    tool error with the reason (never a silently empty answer)."""
+    import anyio
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def run_role(role: str) -> list[str]:
+        scope = SCOPES[role]
+        problems: list[str] = []
+        async with (
+            httpx2.AsyncClient(headers=server.auth(role), timeout=60) as http,
+            streamable_http_client(f"{server.url}/mcp", http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            for tool, args, refused in mcp_cases(role):
+                res = await session.call_tool(tool, args)
+                text = " ".join(getattr(c, "text", "") for c in res.content)
+                where = f"{role} mcp {tool} {args}"
+                if res.is_error:
+                    problems += [f"{where}: {p}" for p in leaks_in(text, scope, 403)]
+                    if not refused and "not_found" not in text:  # a path the repo lacks
+                        problems.append(f"{where}: refused: {text[:200]}")
+                    elif refused and scope and "may not read" not in text:
+                        problems.append(f"{where}: refused without the reason: {text[:200]}")
+                    continue
+                if refused:
+                    problems.append(f"{where}: answered, not refused: {text[:200]}")
+                body = json.dumps(res.structured_content)
+                problems += [f"{where}: {p}" for p in leaks_in(body, scope, 200)]
+        return problems
+
+    counts = {role: len(mcp_cases(role)) for role in MATRIX_ROLES}
+    problems = [p for role in MATRIX_ROLES for p in anyio.run(run_role, role)]
+    print(
+        "\nISOLATION-FIGURE "
+        + json.dumps({"mcp_calls": sum(counts.values()), "mcp_problems": len(problems)})
+    )
+    assert not problems, "\n".join(problems[:40])
+
+
 # --- removing a repository touches no other --------------------------------------------------
 
 
