@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -66,6 +66,7 @@ __all__ = [
     "token_id",
 ]
 
+T = TypeVar("T")
 ALL_REPOS = "*"
 audit_log = logging.getLogger("coderag.audit")
 ACTING_FOR_HEADER = "x-coderag-user"
@@ -143,6 +144,27 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
+def _lookup(entries: Iterable[tuple[bytes, T]], token: str) -> T | None:
+    """The value of ``token``'s entry, compared in constant time against every entry (no
+    early exit, sha256 digests: neither timing nor length tells which token is close)."""
+    digest = _digest(token)
+    found: T | None = None
+    for known, value in entries:
+        if hmac.compare_digest(known, digest):
+            found = value
+    return found
+
+
+def _refuse_acting_for(principal: Principal, acting_for: str | None) -> Principal:
+    """A service token reads as itself: naming a user (:data:`ACTING_FOR_HEADER`) is refused."""
+    if acting_for:
+        raise ForbiddenError(
+            f"token {principal.token_id} may not act for a user ({ACTING_FOR_HEADER}): only a "
+            "delegation token may"
+        )
+    return principal
+
+
 class TokenAuth:
     """Resolves an ``Authorization`` header to the :class:`Principal` of a service token.
 
@@ -162,12 +184,7 @@ class TokenAuth:
 
     def match(self, token: str) -> Principal | None:
         """The principal of ``token``, compared in constant time against every entry."""
-        digest = _digest(token)
-        found: Principal | None = None
-        for known, principal in self._entries:  # no early exit: same time for every token
-            if hmac.compare_digest(known, digest):
-                found = principal
-        return found
+        return _lookup(self._entries, token)
 
     def authenticate(self, authorization: str | None, acting_for: str | None = None) -> Principal:
         """The principal for an ``Authorization: Bearer <token>`` header value."""
@@ -176,12 +193,7 @@ class TokenAuth:
         found = self.match(_bearer(authorization))
         if found is None:
             raise AuthError("invalid token")
-        if acting_for:
-            raise ForbiddenError(
-                f"token {found.token_id} may not act for a user ({ACTING_FOR_HEADER}): only a "
-                "delegation token may"
-            )
-        return found
+        return _refuse_acting_for(found, acting_for)
 
 
 class TokenVerifier(Protocol):
@@ -235,14 +247,6 @@ class Authenticator:
     def enabled(self) -> bool:
         return self.static.enabled or bool(self._delegation) or self.oidc is not None
 
-    def _delegation_id(self, token: str) -> str | None:
-        digest = _digest(token)
-        found: str | None = None
-        for known, tid in self._delegation:
-            if hmac.compare_digest(known, digest):
-                found = tid
-        return found
-
     def gitlab_projects(self) -> Mapping[str, int]:
         """Registered repo id -> GitLab project id, cached for a few seconds."""
         assert self._projects is not None
@@ -267,14 +271,9 @@ class Authenticator:
         token = _bearer(authorization)
         acting_for = (acting_for or "").strip() or None
         service = self.static.match(token)
-        delegated = self._delegation_id(token)
+        delegated = _lookup(self._delegation, token)
         if service is not None:
-            if acting_for:
-                raise ForbiddenError(
-                    f"token {service.token_id} may not act for a user ({ACTING_FOR_HEADER}): "
-                    "only a delegation token may"
-                )
-            return service
+            return _refuse_acting_for(service, acting_for)
         if delegated is not None:
             if not acting_for:
                 raise AuthError(
@@ -321,16 +320,12 @@ def authenticator_from_settings(
             user_claim=settings.oidc_user_claim,
             leeway_seconds=settings.oidc_leeway_seconds,
         )
-    if settings.oidc_issuer or settings.delegation_tokens:
+    token = settings.permissions_gitlab_token or settings.gitlab_token
+    # Settings refuse per-user access without GitLab; should they be bypassed, Authenticator
+    # refuses OIDC or delegation tokens without permissions.
+    if (settings.oidc_issuer or settings.delegation_tokens) and settings.gitlab_url and token:
         from coderag.permissions import GitLabPermissions
 
-        token = settings.permissions_gitlab_token or settings.gitlab_token
-        if not settings.gitlab_url or token is None:
-            raise ConfigError(
-                "per-user access (CODERAG_OIDC_ISSUER or CODERAG_DELEGATION_TOKENS) reads "
-                "permissions from GitLab: set CODERAG_GITLAB_URL and "
-                "CODERAG_PERMISSIONS_GITLAB_TOKEN (or CODERAG_GITLAB_TOKEN)"
-            )
         permissions = GitLabPermissions(
             settings.gitlab_url,
             token.get_secret_value(),

@@ -41,7 +41,7 @@ from coderag.errors import CoderagError, TransientError
 from coderag.metrics import QUERY_LATENCY, SEARCH_RESULTS
 from coderag.models import Hit
 from retriever.context import ContextBlock, approx_tokens, assemble
-from retriever.continue_items import continue_entries
+from retriever.continue_items import ContinueItem, continue_items
 
 __all__ = [
     "ContextRequest",
@@ -55,6 +55,7 @@ __all__ = [
     "audited",
     "file_uri",
     "router",
+    "runtime_of",
     "scoped_search",
 ]
 
@@ -241,32 +242,11 @@ class ContinueRequest(BaseModel):
         return _check_text(v)
 
 
-class ContinueUri(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["file", "url"] = "file"
-    value: str = Field(
-        description="``file``: a path under the caller's ``workspacePath`` (the repository "
-        "the request named), or repo-relative; ``url``: the GitLab web URL of the lines, for "
-        "files of other repositories (no local copy to open)."
-    )
-
-
-class ContinueItem(BaseModel):
-    """One context item, exactly the fields Continue reads (it drops any other)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    description: str
-    content: str
-    uri: ContinueUri
-
-
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _runtime(request: Request) -> Any:
+def runtime_of(request: Request) -> Any:
+    """The app's runtime; a 503 while the service is still starting."""
     rt = getattr(request.app.state, "runtime", None)
     if rt is None:
         raise TransientError("the service is starting: the index is not open yet")
@@ -328,26 +308,31 @@ class _Audit:
         )
 
 
-def _audit(request: Request, endpoint: str, principal: Principal, query: str) -> _Audit:
+def audited(request: Request, endpoint: str, principal: Principal, query: str) -> _Audit:
+    """The audit context of one read: the ``search`` audit line, under ``endpoint`` (the
+    routes, and the MCP tools with ``endpoint="mcp"``)."""
     settings = getattr(request.app.state, "settings", None)
     return _Audit(
         endpoint, principal, query, keep_query=bool(getattr(settings, "audit_query_text", False))
     )
 
 
-def _search(
+def scoped_search(
     request: Request,
     audit: _Audit,
     query: str,
     *,
-    repos: Sequence[str] | None,
-    branch: str | None,
-    path_globs: Sequence[str] | None,
-    languages: Sequence[str] | None,
-    k: int,
-    mode: Mode | None,
+    repos: Sequence[str] | None = None,
+    branch: str | None = None,
+    path_globs: Sequence[str] | None = None,
+    languages: Sequence[str] | None = None,
+    k: int = 10,
+    mode: Mode | None = None,
 ) -> list[Hit]:
-    rt = _runtime(request)
+    """Search within the caller's scope: the token scope (403 for a repo outside it), the
+    defence-in-depth filter, ``repo_moved``, and the audit's repos and result count. The one
+    such path, for the routes and the MCP tools."""
+    rt = runtime_of(request)
     audit.repos = [r for r in repos or () if r] or None  # what was asked, if refused
     scope = audit.principal.scope(repos)
     audit.repos = scope
@@ -416,8 +401,8 @@ def _block_out(b: ContextBlock, workspace: str | None) -> ContextBlockOut:
 
 
 def _search_request(request: Request, audit: _Audit, body: SearchRequest) -> list[Hit]:
-    """``_search`` with the query and filters of a /v1/search or /v1/context body."""
-    return _search(
+    """``scoped_search`` with the query and filters of a /v1/search or /v1/context body."""
+    return scoped_search(
         request,
         audit,
         body.query,
@@ -427,39 +412,6 @@ def _search_request(request: Request, audit: _Audit, body: SearchRequest) -> lis
         languages=body.languages,
         k=body.k,
         mode=body.mode,
-    )
-
-
-def audited(request: Request, endpoint: str, principal: Principal, query: str) -> _Audit:
-    """The audit context of one read by a caller outside this router (the MCP tools): the
-    same ``search`` audit line as the routes write, under ``endpoint``."""
-    return _audit(request, endpoint, principal, query)
-
-
-def scoped_search(
-    request: Request,
-    audit: _Audit,
-    query: str,
-    *,
-    repos: Sequence[str] | None = None,
-    branch: str | None = None,
-    path_globs: Sequence[str] | None = None,
-    languages: Sequence[str] | None = None,
-    k: int = 10,
-    mode: Mode | None = None,
-) -> list[Hit]:
-    """The routes' search (token scope, defence-in-depth filter, ``repo_moved``, the audit's
-    repos and result count) for callers outside this router, so there is one such path."""
-    return _search(
-        request,
-        audit,
-        query,
-        repos=repos,
-        branch=branch,
-        path_globs=path_globs,
-        languages=languages,
-        k=k,
-        mode=mode,
     )
 
 
@@ -473,7 +425,7 @@ PrincipalDep = Annotated[Principal, Depends(require_principal)]
 @router.post("/search", response_model=SearchResponse, summary="Search code")
 def search(body: SearchRequest, request: Request, principal: PrincipalDep) -> SearchResponse:
     """Ranked chunks for a query, within the token's repos and the given filters."""
-    with _audit(request, "search", principal, body.query) as audit:
+    with audited(request, "search", principal, body.query) as audit:
         hits = _search_request(request, audit, body)
         results = [
             SearchResult(
@@ -498,7 +450,7 @@ def search(body: SearchRequest, request: Request, principal: PrincipalDep) -> Se
 @router.post("/context", response_model=ContextResponse, summary="Assembled context")
 def context(body: ContextRequest, request: Request, principal: PrincipalDep) -> ContextResponse:
     """Search, merge adjacent chunks of a file, and keep the best regions within a budget."""
-    with _audit(request, "context", principal, body.query) as audit:
+    with audited(request, "context", principal, body.query) as audit:
         hits = _search_request(request, audit, body)
         blocks = assemble(hits, _budget(request, body.token_budget), approx_tokens)
         out = [_block_out(b, body.workspace_path) for b in blocks]
@@ -529,12 +481,12 @@ def continue_context(
     opts = body.options or ContinueOptions()
     text = body.query if body.query.strip() else _LEADING_MENTIONS.sub("", body.fullInput)
     repos = _as_list(opts.repos) + ([opts.repo] if opts.repo else [])
-    with _audit(request, "continue", principal, text) as audit:
+    with audited(request, "continue", principal, text) as audit:
         if not text.strip():
             audit.repos = repos or None
             audit.repos = principal.scope(repos)  # still refuse an out-of-scope repo
             return []
-        hits = _search(
+        hits = scoped_search(
             request,
             audit,
             text,
@@ -552,20 +504,10 @@ def continue_context(
         rec = registry.get(repo) if registry is not None else None
         return rec.url if rec is not None else None
 
-    entries = continue_entries(
+    return continue_items(
         blocks,
         workspace=body.workspacePath,
         workspace_repo=repos[0] if len(repos) == 1 else None,
         clone_url=clone_url,
         ref=opts.branch,
     )
-    items = [
-        ContinueItem(
-            name=e.name,
-            description=e.description,
-            content=e.content,
-            uri=ContinueUri(type=e.uri_type, value=e.uri_value),  # type: ignore[arg-type]
-        )
-        for e in entries
-    ]
-    return items

@@ -23,22 +23,35 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from retriever.context import ContextBlock
 
-__all__ = ["ContinueEntry", "continue_entries", "gitlab_file_url", "workspace_file"]
+__all__ = ["ContinueItem", "ContinueUri", "continue_items", "gitlab_file_url", "workspace_file"]
 
 
-@dataclass(frozen=True, slots=True)
-class ContinueEntry:
-    """One item for Continue: ``uri_type`` is ``file`` or ``url``."""
+class ContinueUri(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["file", "url"] = "file"
+    value: str = Field(
+        description="``file``: a path under the caller's ``workspacePath`` (the repository "
+        "the request named), or repo-relative; ``url``: the GitLab web URL of the lines, for "
+        "files of other repositories (no local copy to open)."
+    )
+
+
+class ContinueItem(BaseModel):
+    """One context item, exactly the fields Continue reads (it drops any other)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str
     description: str
     content: str
-    uri_type: str
-    uri_value: str
+    uri: ContinueUri
 
 
 def workspace_file(path: str, workspace: str | None) -> str:
@@ -78,15 +91,15 @@ def _span(blocks: Sequence[ContextBlock]) -> tuple[int, int]:
     return min(b.start_line for b in blocks), max(b.end_line for b in blocks)
 
 
-def continue_entries(
+def continue_items(
     blocks: Sequence[ContextBlock],
     *,
     workspace: str | None,
     workspace_repo: str | None,
     clone_url: Callable[[str], str | None],
     ref: str | None,
-) -> list[ContinueEntry]:
-    """One entry per (repo, file), in the order of each file's best block.
+) -> list[ContinueItem]:
+    """One item per (repo, file), in the order of each file's best block.
 
     ``workspace_repo`` is the repository the caller's workspace holds (the one repo the
     request named, or the only repo in the answer), whose files open under ``workspace``;
@@ -108,15 +121,14 @@ def continue_entries(
         where = f"{repo}: {path} (lines {regions})"
         description = f"{where} · {', '.join(symbols[:5])}" if symbols else where
         content = "\n\n".join(b.render() for b in group)
-        uri_type, uri_value = "file", workspace_file(path, workspace)
+        uri = ContinueUri(type="file", value=workspace_file(path, workspace))
         if repo != local or not workspace:
             clone = clone_url(repo)
             web = gitlab_file_url(clone, ref or "HEAD", path, start, end) if clone else None
             if web is not None:
-                uri_type, uri_value = "url", web
-            elif repo != local:
-                uri_value = f"{repo}/{path.lstrip('/')}"  # no checkout: never another file
-        out.append(
-            ContinueEntry(f"{base} ({start}-{end})", description, content, uri_type, uri_value)
-        )
+                uri = ContinueUri(type="url", value=web)
+            elif repo != local:  # no checkout: a value that opens nothing, never another file
+                uri = ContinueUri(type="file", value=f"{repo}/{path.lstrip('/')}")
+        name = f"{base} ({start}-{end})"
+        out.append(ContinueItem(name=name, description=description, content=content, uri=uri))
     return out

@@ -8,7 +8,9 @@ indexed themselves.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,3 +128,75 @@ class ApiServer:
 
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+
+@dataclass
+class PeopleServer:
+    """What :func:`serve_for_people` hands to tests: the app's URL, the OIDC issuer whose
+    tokens it accepts and the fake GitLab its permissions come from."""
+
+    url: str
+    idp: Any  # tests.oidc_issuer.TestIssuer
+    gitlab: Any  # tests.gitlab_mock.FakeGitLab
+
+
+@contextmanager
+def serve_for_people(
+    root: Path,
+    embedder: Any,
+    model_dir: Path,
+    projects: Mapping[str, int],
+    users: Mapping[str, tuple[int, Mapping[str, int]]],
+    **settings: Any,
+) -> Iterator[PeopleServer]:
+    """The app over uvicorn on loopback with per-user access: OIDC tokens of a test issuer,
+    permissions read from a fake GitLab holding ``projects`` (repo -> project id, each
+    registered with its id) and ``users`` (username -> (user id, {repo: access level})), over
+    the two indexed repos of :func:`make_repos`. ``settings`` override :class:`Settings`."""
+    from coderag.api import create_app
+    from coderag.repos import RepoRecord, RepoRegistry, hash_secret
+    from coderag.runtime import build_runtime
+    from coderag.settings import Settings
+    from tests.gitlab_mock import FakeGitLab
+    from tests.oidc_issuer import TestIssuer
+
+    with (
+        TestIssuer(realm="bank") as idp,
+        FakeGitLab(f"glpat-{secrets.token_hex(10)}", admin_token=True) as gitlab,
+    ):
+        for repo, pid in projects.items():
+            gitlab.add_project(repo, pid, f"https://gitlab.example.com/{repo}.git")
+        for username, (uid, levels) in users.items():
+            gitlab.add_user(username, uid)
+            for repo, level in levels.items():
+                gitlab.set_member(repo, uid, level)
+        config = Settings(
+            data_dir=root / "data",
+            model_export_dir=model_dir,
+            index_backend="edge",
+            oidc_issuer=idp.issuer,
+            gitlab_url=gitlab.url,
+            gitlab_token=gitlab.token,
+            reconcile_interval_seconds=0,
+            log_json=True,
+            **settings,
+        )
+        rt = build_runtime(config)
+        rt.embedder = rt.indexer.embedder = rt.retriever.embedder = embedder
+        rt.warm_up()
+        index_repos(rt, make_repos(root / "src"))
+        registry = RepoRegistry(rt.index)
+        for repo, pid in projects.items():
+            registry.put(
+                RepoRecord(
+                    id=repo,
+                    url=f"https://gitlab.example.com/{repo}.git",
+                    secret_hash=hash_secret(secrets.token_hex(8)),
+                    gitlab_project_id=pid,
+                )
+            )
+        try:
+            with running_server(create_app(config, runtime=rt)) as url:
+                yield PeopleServer(url, idp, gitlab)
+        finally:
+            rt.close()

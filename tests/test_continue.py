@@ -215,7 +215,7 @@ def test_errors_are_items_the_user_reads(api_server: ApiServer):
 
 def test_items_of_other_repos_link_to_gitlab():
     from retriever.context import ContextBlock
-    from retriever.continue_items import continue_entries, gitlab_file_url
+    from retriever.continue_items import continue_items, gitlab_file_url
 
     assert (
         gitlab_file_url("https://gitlab.bank.internal/pay/core.git", "main", "src/a.py", 3, 9)
@@ -234,10 +234,10 @@ def test_items_of_other_repos_link_to_gitlab():
 
     blocks = [block("pay/core", "a.py", 10, 20), block("pay/lib", "a.py", 1, 5)]
     urls = {"pay/core": "https://g/pay/core.git", "pay/lib": "https://g/pay/lib.git"}
-    entries = continue_entries(
+    entries = continue_items(
         blocks, workspace="/ws", workspace_repo="pay/core", clone_url=urls.get, ref="main"
     )
-    assert [(e.uri_type, e.uri_value) for e in entries] == [
+    assert [(e.uri.type, e.uri.value) for e in entries] == [
         ("file", "/ws/a.py"),
         ("url", "https://g/pay/lib/-/blob/main/a.py#L1-5"),
     ]

@@ -10,7 +10,6 @@ structured output are what any MCP host sees.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,7 @@ import yaml
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from coderag.repos import RepoRecord, RepoRegistry, hash_secret
-from coderag.settings import Settings
-from tests.api_support import ALPHA, BETA, index_repos, make_repos, running_server
-from tests.gitlab_mock import FakeGitLab
+from tests.api_support import ALPHA, BETA, serve_for_people
 from tests.oidc_issuer import TestIssuer
 
 pytestmark = pytest.mark.integration
@@ -70,49 +66,9 @@ class Stack:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, embedder: Any, model_dir: Path
 ) -> Iterator[Stack]:
-    from coderag.api import create_app
-    from coderag.runtime import build_runtime
-
     root = tmp_path_factory.mktemp("mcp")
-    with (
-        TestIssuer(realm="bank") as idp,
-        FakeGitLab(f"glpat-{secrets.token_hex(10)}", admin_token=True) as gitlab,
-    ):
-        for repo, pid in PROJECTS.items():
-            gitlab.add_project(repo, pid, f"https://gitlab.example.com/{repo}.git")
-        for username, (uid, levels) in USERS.items():
-            gitlab.add_user(username, uid)
-            for repo, level in levels.items():
-                gitlab.set_member(repo, uid, level)
-        settings = Settings(
-            data_dir=root / "data",
-            model_export_dir=model_dir,
-            index_backend="edge",
-            oidc_issuer=idp.issuer,
-            gitlab_url=gitlab.url,
-            gitlab_token=gitlab.token,
-            reconcile_interval_seconds=0,
-            log_json=True,
-        )
-        rt = build_runtime(settings)
-        rt.embedder = rt.indexer.embedder = rt.retriever.embedder = embedder
-        rt.warm_up()
-        index_repos(rt, make_repos(root / "src"))
-        registry = RepoRegistry(rt.index)
-        for repo, pid in PROJECTS.items():
-            registry.put(
-                RepoRecord(
-                    id=repo,
-                    url=f"https://gitlab.example.com/{repo}.git",
-                    secret_hash=hash_secret(secrets.token_hex(8)),
-                    gitlab_project_id=pid,
-                )
-            )
-        try:
-            with running_server(create_app(settings, runtime=rt)) as url:
-                yield Stack(url, idp)
-        finally:
-            rt.close()
+    with serve_for_people(root, embedder, model_dir, PROJECTS, USERS) as srv:
+        yield Stack(srv.url, srv.idp)
 
 
 def _error_text(result: Any) -> str:

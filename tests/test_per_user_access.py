@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +24,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from coderag.repos import RepoRecord, RepoRegistry, hash_secret
 from coderag.settings import Settings
-from tests.api_support import ALPHA, BETA, index_repos, make_repos, running_server
+from tests.api_support import ALPHA, BETA, serve_for_people
 from tests.gitlab_mock import FakeGitLab
 from tests.oidc_issuer import TestIssuer
 
@@ -63,53 +61,14 @@ class People:
 def people(
     tmp_path_factory: pytest.TempPathFactory, embedder: Any, model_dir: Path
 ) -> Iterator[People]:
-    from coderag.api import create_app
-    from coderag.runtime import build_runtime
-
     root = tmp_path_factory.mktemp("people")
     with (
-        TestIssuer(realm="bank") as idp,
-        FakeGitLab(f"glpat-{secrets.token_hex(10)}", admin_token=True) as gitlab,
+        serve_for_people(
+            root, embedder, model_dir, PROJECTS, USERS, permissions_ttl_seconds=TTL
+        ) as srv,
+        httpx.Client(base_url=srv.url, timeout=60, trust_env=False) as http,
     ):
-        for repo, pid in PROJECTS.items():
-            gitlab.add_project(repo, pid, f"https://gitlab.example.com/{repo}.git")
-        for username, (uid, levels) in USERS.items():
-            gitlab.add_user(username, uid)
-            for repo, level in levels.items():
-                gitlab.set_member(repo, uid, level)
-        settings = Settings(
-            data_dir=root / "data",
-            model_export_dir=model_dir,
-            index_backend="edge",
-            oidc_issuer=idp.issuer,
-            gitlab_url=gitlab.url,
-            gitlab_token=gitlab.token,
-            permissions_ttl_seconds=TTL,
-            reconcile_interval_seconds=0,
-            log_json=True,
-        )
-        rt = build_runtime(settings)
-        rt.embedder = rt.indexer.embedder = rt.retriever.embedder = embedder
-        rt.warm_up()
-        index_repos(rt, make_repos(root / "src"))
-        registry = RepoRegistry(rt.index)
-        for repo, pid in PROJECTS.items():
-            registry.put(
-                RepoRecord(
-                    id=repo,
-                    url=f"https://gitlab.example.com/{repo}.git",
-                    secret_hash=hash_secret(secrets.token_hex(8)),
-                    gitlab_project_id=pid,
-                )
-            )
-        try:
-            with (
-                running_server(create_app(settings, runtime=rt)) as url,
-                httpx.Client(base_url=url, timeout=60, trust_env=False) as http,
-            ):
-                yield People(url, http, idp, gitlab)
-        finally:
-            rt.close()
+        yield People(srv.url, http, srv.idp, srv.gitlab)
 
 
 def _paths(resp: httpx.Response) -> set[str]:

@@ -55,7 +55,16 @@ from coderag.index import SearchFilter
 from coderag.index.payload import ChunkPayload
 from coderag.models import Hit
 from coderag.status import repo_status
-from retriever.api import MAX_QUERY_CHARS, Glob, K, Lang, RepoName, audited, scoped_search
+from retriever.api import (
+    MAX_QUERY_CHARS,
+    Glob,
+    K,
+    Lang,
+    RepoName,
+    audited,
+    runtime_of,
+    scoped_search,
+)
 from retriever.search import payload_to_hit
 
 __all__ = [
@@ -169,13 +178,6 @@ def _caller(ctx: Context) -> tuple[Request, Principal]:
         # Only reachable if the server is served without the guard: refuse, never read.
         raise ToolError("unauthenticated: no principal on this request")
     return request, principal
-
-
-def _runtime(request: Request) -> Any:
-    rt = getattr(request.app.state, "runtime", None)
-    if rt is None:
-        raise TransientError("the service is starting: the index is not open yet")
-    return rt
 
 
 def _tool_error(exc: CoderagError) -> ToolError:
@@ -330,7 +332,7 @@ def get_file(
             principal.scope([repo])  # the API's 403, with its reason
             if start_line and end_line and end_line < start_line:
                 raise InputError("end_line must not be before start_line")
-            rt = _runtime(request)
+            rt = runtime_of(request)
             flt = SearchFilter(repos=[repo], branch=branch or None, paths=[rel])
             chunks = [ChunkPayload.from_dict(p) for _, p in rt.index.scroll(flt)]
             chosen = branch or _pick_branch(chunks)
@@ -383,7 +385,7 @@ def find_symbol(
             name = _query(name, "name").strip()
             scope = principal.scope([repo] if repo else None)
             audit.repos = scope
-            rt = _runtime(request)
+            rt = runtime_of(request)
             found: dict[str, SymbolMatch] = {}
             for pid, payload in rt.index.scroll(SearchFilter(repos=scope, symbols=[name])):
                 if len(found) >= k:
@@ -411,7 +413,7 @@ def list_repos(ctx: Context) -> RepoList:
     """The registered repositories you may read, with each branch's indexed commit and lag."""
     request, principal = _caller(ctx)
     try:
-        rt = _runtime(request)
+        rt = runtime_of(request)
         state = request.app.state
         registry = getattr(state, "registry", None)
         if registry is None:

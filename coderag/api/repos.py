@@ -28,9 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coderag.api.errors import ERROR_RESPONSES, ErrorResponse, error_responses
 from coderag.auth import ANONYMOUS, Principal, require_principal
-from coderag.errors import ConfigError, ForbiddenError, InputError, NotFoundError, TransientError
+from coderag.errors import ConfigError, ForbiddenError, InputError, NotFoundError
 from coderag.repos import REPO_ID_PATTERN, RepoIdPath, RepoRegistry, parse_repo_id
 from coderag.status import repo_status as compute_status
+from retriever.api import runtime_of
 from webhooks.gitlab_hooks import register_repo, remove_repo
 
 __all__ = ["BranchStatus", "HookStatus", "RegisterRepo", "RepoStatus", "router"]
@@ -143,9 +144,7 @@ def repo_status(
     """Per branch: indexed commit, chunks, pending push and lag, last run and its error."""
     if not principal.can_read(repo):
         raise ForbiddenError(f"{principal.label} may not read: {repo}")
-    rt = getattr(request.app.state, "runtime", None)
-    if rt is None:
-        raise TransientError("the service is starting: the index is not open yet")
+    rt = runtime_of(request)
     registry = getattr(request.app.state, "registry", None)
     if registry is not None:  # a path the project left: say where it went (410)
         registry.check_moved(repo)
