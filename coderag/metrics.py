@@ -15,6 +15,7 @@ coderag_queue_depth                    gauge         queue (from the dispatcher,
 coderag_index_lag_seconds              gauge         repo, branch (index + dispatcher, at scrape)
 coderag_query_latency_seconds          histogram     endpoint (search, continue, context)
 coderag_chunks_embedded_total          counter       (none)
+coderag_embedding_errors_total         counter       kind (documents, queries)
 coderag_search_results_total           counter       endpoint
 coderag_http_errors_total              counter       error_code
 coderag_secrets_redacted_total         counter       kind (aws-access-key, password, ...)
@@ -55,6 +56,7 @@ __all__ = [
     "BRANCH_BEHIND",
     "CHUNKS_EMBEDDED",
     "CONTENT_TYPE_LATEST",
+    "EMBEDDING_ERRORS",
     "HOOK_DISABLED",
     "HTTP_ERRORS",
     "INDEX_LAG",
@@ -104,6 +106,14 @@ CHUNKS_EMBEDDED = Counter(
     "coderag_chunks_embedded_total",
     "Chunk texts run through the embedding model (embedding-cache misses).",
 )
+EMBEDDING_ERRORS = Counter(
+    "coderag_embedding_errors_total",
+    "Embedding calls that returned no vectors (model missing or failing to load or run), by "
+    "kind: documents (indexing) or queries (search).",
+    ["kind"],
+)
+for _kind in ("documents", "queries"):  # exported as 0 from the start: rate() sees error one
+    EMBEDDING_ERRORS.labels(kind=_kind)
 SEARCH_RESULTS = Counter(
     "coderag_search_results_total",
     "Chunks returned by retrieval endpoints.",

@@ -8,11 +8,26 @@ Reference it from the gateway's ``config.yaml`` (see ``docs/INTEGRATIONS.md``)::
 This module imports nothing of coderag (only ``httpx`` and ``litellm``, both in the gateway's
 image), so the gateway can mount this one file instead of installing coderag.
 
-For every chat completion (call types ``completion`` / ``acompletion``) the hook takes the
-text of the last user message, asks coderag's ``POST /v1/context`` for the best code regions
-within a token budget, and puts them in a system message in front of the conversation (or
-appends them to the conversation's own leading system message, since several chat templates
-refuse two system messages in a row).
+For every chat request the hook takes the text of the last user message, asks coderag's
+``POST /v1/context`` for the best code regions within a token budget, and puts them where that
+API keeps its system prompt. The gateway's three chat routes, by the call type LiteLLM hands
+to pre-call hooks (the ``route_type`` of each endpoint: ``litellm/proxy/proxy_server.py``,
+``litellm/proxy/response_api_endpoints/endpoints.py``,
+``litellm/proxy/anthropic_endpoints/endpoints.py``):
+
+* ``/v1/chat/completions`` (``completion`` / ``acompletion``): a system message in front of
+  the conversation, or appended to the conversation's own leading system message, since
+  several chat templates refuse two system messages in a row;
+* ``/v1/responses`` (``responses`` / ``aresponses``): appended to ``instructions`` (the
+  Responses API's system prompt; ``input`` is a string or a list of items whose ``user``
+  messages hold ``input_text`` parts);
+* ``/v1/messages``, Anthropic's format (``anthropic_messages``): appended to the top-level
+  ``system`` (a string or a list of text blocks; Anthropic has no ``system`` role in
+  ``messages``).
+
+Whatever the route, LiteLLM then translates the request for the model's provider (for vLLM:
+``/v1/messages`` becomes a chat completion whose first message is ``system``, ``/v1/responses``
+goes to vLLM's own ``/v1/responses`` with the ``instructions``).
 
 Which repositories, in order of precedence:
 
@@ -74,17 +89,24 @@ from litellm.integrations.custom_logger import CustomLogger
 
 __all__ = [
     "CHAT_CALL_TYPES",
+    "MESSAGES_CALL_TYPES",
+    "RESPONSES_CALL_TYPES",
     "CoderagContextHook",
     "gateway_user",
     "last_user_text",
     "proxy_handler_instance",
+    "request_text",
     "restrict_to_key",
     "selection",
+    "with_context",
 ]
 
 log = logging.getLogger("coderag.litellm_hook")
 
 CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
+RESPONSES_CALL_TYPES = frozenset({"responses", "aresponses"})
+MESSAGES_CALL_TYPES = frozenset({"anthropic_messages", "aanthropic_messages"})
+CONTEXT_CALL_TYPES = CHAT_CALL_TYPES | RESPONSES_CALL_TYPES | MESSAGES_CALL_TYPES
 REPOS_HEADER = "x-coderag-repos"
 BRANCH_HEADER = "x-coderag-branch"
 SWITCH_HEADER = "x-coderag"
@@ -121,6 +143,38 @@ def last_user_text(messages: Any) -> str:
             return "\n".join(p for p in parts if p)
         return ""
     return ""
+
+
+def request_text(data: Mapping[str, Any], call_type: str) -> str:
+    """The user's last words in a request of ``call_type``: the last ``user`` message of a
+    chat completion or an Anthropic ``/v1/messages`` request, the ``input`` of a Responses
+    request (a string, or its last ``user`` message item)."""
+    if call_type in RESPONSES_CALL_TYPES:
+        given = data.get("input")
+        return given if isinstance(given, str) else last_user_text(given)
+    return last_user_text(data.get("messages"))
+
+
+def with_context(data: dict, call_type: str, context: str) -> bool:
+    """Put ``context`` into ``data`` where the route of ``call_type`` keeps its system prompt
+    (see the module docstring); False, and ``data`` untouched, when its shape is unknown."""
+    if call_type in CHAT_CALL_TYPES:
+        messages = data.get("messages")
+        if not isinstance(messages, list):
+            return False
+        data["messages"] = _with_system_message(list(messages), context)
+        return True
+    key = "instructions" if call_type in RESPONSES_CALL_TYPES else "system"
+    current = data.get(key)
+    if current is None or (isinstance(current, str) and not current.strip()):
+        data[key] = context
+    elif isinstance(current, str):
+        data[key] = f"{current}\n\n{context}"
+    elif key == "system" and isinstance(current, list):  # Anthropic text blocks
+        data[key] = [*current, {"type": "text", "text": context}]
+    else:
+        return False
+    return True
 
 
 def _headers(data: Mapping[str, Any]) -> dict[str, str]:
@@ -281,13 +335,14 @@ class CoderagContextHook(CustomLogger):
         data: dict,
         call_type: Any,
     ) -> dict:
-        """Add context to chat requests; any other call type passes through untouched."""
-        if call_type not in CHAT_CALL_TYPES or not isinstance(data, dict):
+        """Add context to chat requests (chat completions, Responses, Anthropic messages); any
+        other call type passes through untouched."""
+        call_type = str(getattr(call_type, "value", call_type))  # LiteLLM's CallTypes is a str enum
+        if call_type not in CONTEXT_CALL_TYPES or not isinstance(data, dict):
             return data
         try:
             sel = restrict_to_key(selection(data), user_api_key_dict)
-            messages = data.get("messages")
-            query = last_user_text(messages)
+            query = request_text(data, call_type)
             if sel is None or not query.strip():
                 return data
             user = None
@@ -300,13 +355,13 @@ class CoderagContextHook(CustomLogger):
                     )
                     return data
             text = await self.fetch_context(query, sel["repos"], sel["branch"], user)
-            if text.strip():
-                data["messages"] = _with_context(list(messages), f"{PREAMBLE}\n\n{text}")
+            if text.strip() and with_context(data, call_type, f"{PREAMBLE}\n\n{text}"):
                 log.info(
                     "context added",
                     extra={
                         "repos": sel["repos"] or ["*"],
                         "user": user,
+                        "call_type": call_type,
                         "context_chars": len(text),
                     },
                 )
@@ -323,7 +378,7 @@ class CoderagContextHook(CustomLogger):
         return data
 
 
-def _with_context(messages: list[Any], context: str) -> list[Any]:
+def _with_system_message(messages: list[Any], context: str) -> list[Any]:
     first = messages[0] if messages else None
     if (
         isinstance(first, Mapping)

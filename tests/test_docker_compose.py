@@ -743,7 +743,8 @@ def test_litellm_config_loads_the_coderag_hook_and_routes(services: Services) ->
     cfg = yaml.safe_load((DOCKER / "litellm" / "config.yaml").read_text(encoding="utf-8"))
     assert cfg["litellm_settings"]["callbacks"] == "retriever.litellm_hook.proxy_handler_instance"
     chat = next(m for m in cfg["model_list"] if m["model_name"] == "chat")
-    assert urlsplit(chat["litellm_params"]["api_base"]).hostname == "vllm"
+    assert chat["litellm_params"]["api_base"] == "os.environ/VLLM_API_BASE"
+    assert urlsplit(services["litellm"]["environment"]["VLLM_API_BASE"]).hostname == "vllm"
     autocomplete = next(
         p for p in cfg["general_settings"]["pass_through_endpoints"] if p["path"] == "/autocomplete"
     )

@@ -165,3 +165,64 @@ def test_the_gateway_user_is_the_one_litellm_authenticated():
     assert user(None) is None
     with pytest.raises(ValueError, match="CODERAG_HOOK_IDENTITY"):
         hook_mod.CoderagContextHook("http://127.0.0.1:1", "t" * 20, identity="everyone")
+
+
+def test_responses_and_anthropic_messages_get_context_where_their_system_prompt_is(
+    api_server: ApiServer,
+):
+    """``/v1/responses`` keeps its system prompt in ``instructions``, Anthropic's
+    ``/v1/messages`` in a top-level ``system`` (a string or text blocks); the user's words are
+    ``input`` (a string or message items) and the last ``user`` message."""
+    hook = hook_mod.CoderagContextHook(
+        api_server.url, api_server.tokens["alpha"], identity="service"
+    )
+    question = "How is a payment refunded once it was settled?"
+    items = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": question}]}
+    ]
+    for given, call_type, key in [
+        ({"input": question}, "aresponses", "instructions"),
+        ({"input": items, "instructions": "Be brief."}, "aresponses", "instructions"),
+        ({"messages": [{"role": "user", "content": question}]}, "anthropic_messages", "system"),
+        (
+            {
+                "system": [{"type": "text", "text": "Be brief."}],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": question}]}],
+            },
+            "anthropic_messages",
+            "system",
+        ),
+    ]:
+        data = {"model": "coder", **copy.deepcopy(given)}
+        out = run(hook, data, call_type)
+        assert {k: v for k, v in out.items() if k != key} == {
+            k: v for k, v in data.items() if k != key
+        }
+        prompt = out[key]
+        if isinstance(given.get(key), list):  # text blocks: one more block, the context
+            assert prompt[:-1] == given[key] and prompt[-1]["type"] == "text"
+            prompt = prompt[-1]["text"]
+        elif given.get(key):
+            assert prompt.startswith(given[key] + "\n\n")
+        assert hook_mod.PREAMBLE in prompt and "refund_payment" in prompt, call_type
+        assert "input" not in given or out["input"] == given["input"]
+        assert "messages" not in given or out["messages"] == given["messages"]
+    # LiteLLM may hand the call type as its CallTypes enum rather than the string
+    from litellm.types.utils import CallTypes
+
+    out = run(hook, {"model": "coder", "input": question}, CallTypes.aresponses)
+    assert "refund_payment" in out["instructions"]
+
+
+def test_an_unknown_request_shape_passes_through_untouched(api_server: ApiServer):
+    hook = hook_mod.CoderagContextHook(
+        api_server.url, api_server.tokens["alpha"], identity="service"
+    )
+    question = "How is a payment refunded once it was settled?"
+    for data, call_type in [
+        ({"input": question, "instructions": {"id": "prompt-template"}}, "aresponses"),
+        ({"input": [{"type": "function_call_output", "output": question}]}, "aresponses"),
+        ({"messages": [{"role": "user", "content": question}], "system": 7}, "anthropic_messages"),
+    ]:
+        before = copy.deepcopy(data)
+        assert run(hook, data, call_type) == before

@@ -2,10 +2,18 @@
 # Entrypoint of the code-server container: install Continue from the mounted VSIX (no
 # marketplace access), put the stack's Continue config and its secrets in place, then hand
 # over to code-server's own entrypoint.
+#
+# Sourced, it only defines what it does (tests/test_code_server.py runs `setup_ide` against a
+# code-server installed by scripts/install-ide.sh, with a home directory of its own).
 set -euo pipefail
 
 VSIX=/opt/coderag/vsix/continue.vsix
 CONFIG=/opt/coderag/continue/config.yaml
+
+# How the container serves the IDE, apart from where it listens and the folder it opens: a
+# password login (PASSWORD from the environment), no telemetry, no update checks (the host
+# has no route out).
+CODE_SERVER_FLAGS=(--auth password --disable-telemetry --disable-update-check)
 
 # write_continue_env FILE: Continue's secrets file. LITELLM_API_KEY from the environment, and
 # the developer's own CODERAG_TOKEN line (written by coderag-login.sh) kept from the existing
@@ -21,18 +29,25 @@ write_continue_env() {
   mv -f "$tmp" "$file"
 }
 
-main() {
-  if [ ! -s "$VSIX" ]; then
-    echo "start-code-server: $VSIX is missing (set CONTINUE_VSIX in docker/.env)" >&2
-    exit 1
+# setup_ide VSIX CONFIG: everything before code-server starts, in $HOME: the Continue config,
+# its secrets file, and the extension installed from VSIX by the `code-server` on PATH.
+# Refuses to start without the VSIX, before touching the home directory.
+setup_ide() {
+  local vsix="$1" config="$2"
+  if [ ! -s "$vsix" ]; then
+    echo "start-code-server: $vsix is missing (set CONTINUE_VSIX in docker/.env)" >&2
+    return 1
   fi
   mkdir -p "$HOME/.continue"
-  install -m 0644 "$CONFIG" "$HOME/.continue/config.yaml"
+  install -m 0644 "$config" "$HOME/.continue/config.yaml"
   write_continue_env "$HOME/.continue/.env"
-  code-server --install-extension "$VSIX" >/dev/null
+  code-server --install-extension "$vsix" >/dev/null
+}
 
-  exec /usr/bin/entrypoint.sh --bind-addr 0.0.0.0:8443 --auth password \
-    --disable-telemetry --disable-update-check /home/coder/project
+main() {
+  setup_ide "$VSIX" "$CONFIG"
+  exec /usr/bin/entrypoint.sh --bind-addr 0.0.0.0:8443 "${CODE_SERVER_FLAGS[@]}" \
+    /home/coder/project
 }
 
 # Sourced (the tests): only define the functions.
