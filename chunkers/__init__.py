@@ -19,6 +19,7 @@ from chunkers.languages import SUPPORTED_LANGUAGES, language_for_path
 from chunkers.skip import PathFilter
 
 __all__ = [
+    "CHUNKER_VERSION",
     "SUPPORTED_LANGUAGES",
     "ChunkResult",
     "FileChunker",
@@ -26,3 +27,10 @@ __all__ = [
     "chunk_file",
     "language_for_path",
 ]
+
+CHUNKER_VERSION = 1
+"""Bump whenever a change here gives any file different chunks (boundaries, header, kinds,
+symbols, text): it is part of the index fingerprint (``IndexService.fingerprint``), so the
+next run of every branch is a full re-write instead of an incremental one that would mix old
+and new chunk shapes in one branch. To re-chunk without serving a half re-written index,
+build a shadow index and switch to it (docs/MODELS.md)."""

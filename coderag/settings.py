@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     """Override of ``data_dir/cache`` (e.g. one cache shared by many eval data dirs)."""
     model_export_dir: Path | None = None
     """Override of ``data_dir/models``, where exported ONNX/OpenVINO models are kept."""
+    model_registry_path: Path | None = None
+    """Override of ``data_dir/model-registry.json``: the models added with ``coderag models
+    add`` and which one serves (docs/MODELS.md). Absent: the settings' model, as always."""
+    model_watch_seconds: float = Field(default=1.0, ge=0)
+    """How often a serving process (API, worker) checks which model is active: the registry
+    file's ``stat`` on Edge, the collection alias on a Qdrant server (only once a model was
+    added on this machine). A switch is served within about this time; 0 turns it off."""
+    model_retire_seconds: float = Field(default=30.0, ge=0)
+    """How long the pair switched away from stays open for requests that already hold it
+    before its index is closed (an Edge shard is then free for ``coderag models build``)."""
 
     # --- retrieval -----------------------------------------------------------------------
     search_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
@@ -284,6 +294,15 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.model_export_dir or self.data_dir / "models"
+
+    @property
+    def model_registry_file(self) -> Path:
+        return self.model_registry_path or self.data_dir / "model-registry.json"
+
+    @property
+    def model_index_root(self) -> Path:
+        """Edge shards of added models: ``<root>/<model name>/`` each, one LOCK per model."""
+        return self.data_dir / "index-models"
 
     @property
     def mirrors_dir(self) -> Path:

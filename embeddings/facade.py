@@ -20,7 +20,8 @@ import threading
 import time
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from embeddings.backends import (
 )
 from embeddings.cache import EmbeddingCache, text_key
 from embeddings.gate import InferenceGate
+from embeddings.options import ModelOptions
 
 if TYPE_CHECKING:
     from coderag.settings import Settings
@@ -76,7 +78,9 @@ class Embedder:
         models_dir: Path | None = None,
         *,
         query_cache_size: int = 2048,
+        options: ModelOptions | None = None,
     ) -> None:
+        self.options = options if options is not None else ModelOptions()
         if backend not in ("auto", *BACKENDS):
             raise ConfigError(
                 f"unknown embedding backend {backend!r} (auto, torch, onnx, openvino)"
@@ -87,7 +91,7 @@ class Embedder:
             raise ConfigError("embedding batch_size must be >= 1")
         self._source: ModelSource | None = None
         self._model_arg = model
-        self._requested_backend = backend
+        self._requested_backend = self.options.backend_for(backend)
         self._requested_device = device
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -96,6 +100,7 @@ class Embedder:
         self.stats = EmbedStats()
         self._loaded: LoadedModel | None = None
         self._model_id: str | None = None
+        self._weights_id: str | None = None
         self._tokenizer: Any = None
         self._max_seq_length: int | None = None
         self._cache: EmbeddingCache | None = None
@@ -107,9 +112,18 @@ class Embedder:
         self._tok_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Embedder:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        model: str | Path | None = None,
+        options: ModelOptions | None = None,
+    ) -> Embedder:
+        """The settings' model, or ``model`` (a registered model's path) with ``options``,
+        on the settings' backend, device, batch size, cache and export dirs."""
         return cls(
-            model=settings.embedding_model,
+            model=model if model is not None else settings.embedding_model,
+            options=options,
             backend=settings.embedding_backend,
             device=settings.embedding_device,
             batch_size=settings.embedding_batch_size,
@@ -144,16 +158,25 @@ class Embedder:
     @property
     def model_id(self) -> str:
         """``<name>@<sha256 of the model files, 16 hex>``: cache keys and index state depend on
-        it, so it changes exactly when the weights or tokenizer do, not when a path does."""
+        it, so it changes exactly when the weights or tokenizer do, not when a path does.
+        Options that change vectors (prefixes, pooling, length, precision) add
+        ``+<8 hex>`` (:meth:`ModelOptions.id_suffix`); the defaults add nothing."""
         if self._model_id is None:
             with self._load_lock:
                 if self._model_id is None:
+                    self._model_id = self._weights() + self.options.id_suffix()
+        return self._model_id
+
+    def _weights(self) -> str:
+        """The id of the files alone: exports depend on the weights, not on the options."""
+        if self._weights_id is None:
+            with self._load_lock:
+                if self._weights_id is None:
                     src = self.source
                     check_source(src)
                     memo = None if self._models_dir_is_tmp else self._models_dir
-                    digest = src.digest(memo)
-                    self._model_id = f"{src.name}@{digest[:16]}"
-        return self._model_id
+                    self._weights_id = f"{src.name}@{src.digest(memo)[:16]}"
+        return self._weights_id
 
     # --- loading ---------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -165,13 +188,19 @@ class Embedder:
             if self._loaded is not None:
                 return
             t0 = time.perf_counter()
-            loaded = load_model(
-                self.source,
-                self.model_id,
-                self._requested_backend,
-                self._requested_device,
-                self.models_dir,
-            )
+            if self.options.max_seq_length is not None:
+                self._check_length(self.options.max_seq_length)
+            if self.options.trust_remote_code:
+                loaded = _load_trusted(self.source, self._requested_device)
+            else:
+                loaded = load_model(
+                    self.source,
+                    self._weights(),
+                    self._requested_backend,
+                    self._requested_device,
+                    self.models_dir,
+                )
+            self.options.apply(loaded)
             self._max_seq_length = loaded.max_seq_length
             self._loaded = loaded
             log.info(
@@ -234,8 +263,21 @@ class Embedder:
         """Tokens the model reads per text (special tokens included); the rest is truncated.
         Known without loading the model (sentence-transformers config, else tokenizer)."""
         if self._max_seq_length is None:
-            self._max_seq_length = _read_max_seq_length(self.source, self._tok())
+            if self.options.max_seq_length is not None:
+                self._check_length(self.options.max_seq_length)
+                self._max_seq_length = self.options.max_seq_length
+            else:
+                self._max_seq_length = _read_max_seq_length(self.source, self._tok())
         return self._max_seq_length
+
+    def _check_length(self, n: int) -> None:
+        """A length past the model's position embeddings would fail at the first long text."""
+        import json
+
+        cfg = self.source.path / "config.json"
+        limit = json.loads(cfg.read_text()).get("max_position_embeddings") if cfg.is_file() else 0
+        if limit and n > int(limit):
+            raise ConfigError(f"max_seq_length {n} exceeds the model's {limit} position embeddings")
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens per text in the model's own tokenizer, special tokens included, no
@@ -268,8 +310,18 @@ class Embedder:
         Texts already in the on-disk cache are not embedded again; new vectors are written
         to it batch by batch, so an interrupted run keeps what it computed. ``progress(n)``
         is called with the number of texts done so far (cached ones count as done first).
+        A failure is counted in ``coderag_embedding_errors_total{kind="documents"}``.
         """
-        texts = list(texts)
+        with _errors_counted("documents"):
+            return self._embed_documents(texts, progress)
+
+    def _embed_documents(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None
+    ) -> np.ndarray:
+        prefix = self.options.document_prefix
+        # Keys are taken on the text as embedded, prefix included: the cache stays right when
+        # a prefix changes (the model id changes too, see ModelOptions.id_suffix).
+        texts = [prefix + t for t in texts] if prefix else list(texts)
         model = self._model()
         n = len(texts)
         out = np.zeros((n, model.dim), dtype=np.float32)
@@ -314,7 +366,13 @@ class Embedder:
         return out
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Same model and vectors as documents; recent queries are served from memory."""
+        """Same model and vectors as documents (with the query prefix instead of the document
+        one); recent queries are served from memory. A failure is counted in
+        ``coderag_embedding_errors_total{kind="queries"}``."""
+        with _errors_counted("queries"):
+            return self._embed_queries(texts)
+
+    def _embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         model = self._model()
         out = np.zeros((len(texts), model.dim), dtype=np.float32)
@@ -333,7 +391,9 @@ class Embedder:
         def on_batch(batch: list[str], vecs: np.ndarray) -> None:
             new.update(zip(batch, vecs, strict=True))
 
-        embedded = self._encode_sorted(todo, todo, on_batch, query=True)
+        prefix = self.options.query_prefix  # the LRU is keyed by the query as asked
+        encoded = [prefix + t for t in todo] if prefix else todo
+        embedded = self._encode_sorted(encoded, todo, on_batch, query=True)
         with self._stats_lock:
             for t, v in new.items():
                 self._query_lru[t] = v
@@ -399,6 +459,40 @@ class Embedder:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+
+@contextmanager
+def _errors_counted(kind: str) -> Iterator[None]:
+    """Count a call that raises, whatever the cause (no model, a load or inference failure):
+    the caller gets no vectors either way, and that is what the embedding-errors alert is
+    about. The metric module is imported here, not at the top: a worker must set up
+    prometheus_client's multiprocess dir before anything imports the library."""
+    try:
+        yield
+    except Exception:
+        from coderag.metrics import EMBEDDING_ERRORS
+
+        EMBEDDING_ERRORS.labels(kind=kind).inc()
+        raise
+
+
+def _load_trusted(src: ModelSource, device: str) -> LoadedModel:
+    """A model whose modeling code ships in its directory, on torch (no export: the code is
+    the model's, not the exporters'). The hub stays off: code named in another hub repo
+    (``org/repo--file.Class`` in ``auto_map``) fails to load instead of being fetched."""
+    from coderag.errors import translate
+    from embeddings.backends import PROBE_TEXTS, resolve_device
+    from embeddings.backends.encode import STEncoder, load_st
+
+    offline_hub()
+    check_source(src)
+    dev = resolve_device(device)
+    with translate(EmbeddingError, f"loading embedding model {src.path} (trusted code)"):
+        st = load_st(src.path, dev, trust_remote_code=True)
+        encoder = STEncoder(st)
+        dim = int(encoder.encode(PROBE_TEXTS[:1]).shape[1])
+    info = {"precision": "fp32", "trust_remote_code": True}
+    return LoadedModel(encoder, "torch", dev, dim, int(st.max_seq_length), info)
 
 
 def _load_tokenizer(src: ModelSource) -> Any:

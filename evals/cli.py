@@ -2,12 +2,24 @@
 
 The report JSON goes to stdout (and to ``--json OUT`` when given); progress bars and
 summaries go to stderr, so ``coderag eval beir ... | jq .metrics`` works.
+
+``--model NAME`` runs a benchmark with a registered embedding model (``coderag models
+list``) instead of the serving one, on its own temporary index: the way to compare a
+candidate model with the current one on the site's own history before switching::
+
+    coderag eval history REPO --model default --json a.json
+    coderag eval history REPO --model coderank --json b.json
+    coderag eval compare a.json b.json
+
+Every report says which model made it (``"model": {"name", "id"}``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +29,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from evals.harness import MODES, ProgressFn, check_mode, eval_runtime
+from evals.harness import MODES, ProgressFn, check_mode, eval_runtime, eval_settings
 
 __all__ = ["eval_app"]
 
@@ -36,6 +48,14 @@ PerQuery = Annotated[
 DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Keep the eval index here instead of a temp dir."),
+]
+ModelName = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Registered embedding model to evaluate (coderag models list); default: the "
+        "one serving.",
+    ),
 ]
 
 
@@ -69,9 +89,53 @@ def _emit(report: dict[str, Any], out: Path | None) -> None:
     print(text)
 
 
-def _run(job: Callable[[Any, ProgressFn], dict[str, Any]], data_dir: Path | None) -> dict[str, Any]:
-    with eval_runtime(data_dir=data_dir) as runtime, _progress() as progress:
-        return job(runtime, progress)
+def _run(
+    job: Callable[[Any, ProgressFn], dict[str, Any]],
+    data_dir: Path | None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    with _runtime(data_dir, model) as runtime, _progress() as progress:
+        report = job(runtime, progress)
+        report["model"] = {"name": runtime.model, "id": runtime.embedder.model_id}
+        return report
+
+
+@contextmanager
+def _runtime(data_dir: Path | None, model: str | None) -> Iterator[Any]:
+    """The eval runtime (:func:`evals.harness.eval_runtime`: a temporary Edge index, the
+    shared embedding cache and exports) with ``model``, or the serving model, as its model."""
+    from coderag.index.factory import DEFAULT_MODEL
+    from coderag.models_registry import ModelRegistry
+    from coderag.settings import Settings
+
+    base = Settings()
+    registry = ModelRegistry.of(base)
+    if model is None and not registry.exists():
+        with eval_runtime(base, data_dir=data_dir) as runtime:
+            yield runtime
+        return
+    from coderag.model_switch import active_model
+
+    name = model or active_model(base)
+    spec = registry.spec(name, base)
+    if name == DEFAULT_MODEL:
+        with eval_runtime(base, data_dir=data_dir) as runtime:
+            yield runtime
+        return
+    from coderag.runtime import build_runtime
+
+    tmp = None
+    if data_dir is None:
+        tmp = Path(tempfile.mkdtemp(prefix="coderag-eval-"))
+        data_dir = tmp
+    # The eval index is one plain index of this model: its points and state together.
+    runtime = build_runtime(eval_settings(data_dir, base), model=spec)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @eval_app.command("beir")
@@ -87,6 +151,7 @@ def beir_cmd(
     json_out: JsonOut = None,
     per_query: PerQuery = False,
     data_dir: DataDir = None,
+    model: ModelName = None,
 ) -> None:
     """Query -> document retrieval over the full corpus (e.g. CoSQA dev)."""
     from evals.beir import load_beir, run_beir
@@ -98,6 +163,7 @@ def beir_cmd(
             rt, dataset, mode=mode, limit=limit, ext=ext, per_query=per_query, progress=pg
         ),
         data_dir,
+        model,
     )
     _emit(report, json_out)
 
@@ -114,6 +180,7 @@ def swebench_cmd(
     json_out: JsonOut = None,
     per_query: PerQuery = False,
     data_dir: DataDir = None,
+    model: ModelName = None,
 ) -> None:
     """Issue -> files (and functions) to change, each repository indexed at base_commit."""
     from evals.swebench import parse_repo_map, run_swebench
@@ -127,6 +194,7 @@ def swebench_cmd(
             rt, instances, repo_dirs, mode=mode, limit=limit, per_query=per_query, progress=pg
         ),
         data_dir,
+        model,
     )
     _emit(report, json_out)
 
@@ -144,6 +212,7 @@ def history_cmd(
     json_out: JsonOut = None,
     per_query: PerQuery = False,
     data_dir: DataDir = None,
+    model: ModelName = None,
 ) -> None:
     """Commit message -> files it changed, from the repository's own history."""
     from evals.history import build_history, run_history
@@ -155,6 +224,7 @@ def history_cmd(
     report = _run(
         lambda rt, pg: run_history(rt, bench, gitdir, mode=mode, per_query=per_query, progress=pg),
         data_dir,
+        model,
     )
     _emit(report, json_out)
 

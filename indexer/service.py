@@ -128,13 +128,18 @@ class IndexService:
 
     # ------------------------------------------------------------------------- public API
     def fingerprint(self) -> str:
-        """What, if changed, invalidates stored vectors/chunks (forces a full re-write)."""
+        """What, if changed, invalidates stored vectors/chunks (forces a full re-write).
+
+        The chunker version is read at call time (``chunkers.CHUNKER_VERSION``): a chunker
+        change re-writes every branch like a model change does, never mixes chunk shapes."""
+        import chunkers
+
         return (
             f"v{INDEX_FORMAT}:{self.embedder.model_id}:"
             f"{self.chunker.max_tokens}:{self.chunker.min_tokens}"
             # Stored text changes with the secret rules: an index written before them (or
             # with other rules) is re-written once, so no redacted secret stays stored.
-            f":{self.chunker.redaction_id}"
+            f":{self.chunker.redaction_id}:c{chunkers.CHUNKER_VERSION}"
         )
 
     def index(

@@ -3,7 +3,8 @@
 Progress and human summaries go to stderr; ``--json`` output goes to stdout, so every command
 can be piped into ``jq`` or a benchmark report. The commands live in their own modules:
 :mod:`~coderag.cli.index` (index, search, status, warmup), :mod:`~coderag.cli.serve`,
-:mod:`~coderag.cli.worker`, :mod:`~coderag.cli.repo` (the ``repo`` group), and the ``eval``
+:mod:`~coderag.cli.worker`, :mod:`~coderag.cli.repo` (the ``repo`` group),
+:mod:`~coderag.cli.models` (the ``models`` group: add, build, switch, rollback), and the ``eval``
 and ``bench`` groups from :mod:`evals.cli` and :mod:`bench.cli`.
 """
 
@@ -21,6 +22,7 @@ import typer
 
 from bench.cli import bench_app as _bench_app
 from coderag.cli import index as _index
+from coderag.cli import models as _models
 from coderag.cli import repo as _repo
 from coderag.cli import serve as _serve
 from coderag.cli import worker as _worker
@@ -39,6 +41,7 @@ for _command in (_index.index, _index.search, _index.status, _index.warmup):
 app.command("serve")(_serve.serve)
 app.command("worker")(_worker.worker)
 app.add_typer(_repo.repo_app, name="repo")
+app.add_typer(_models.models_app, name="models")
 app.add_typer(_eval_app, name="eval", help="Retrieval benchmarks (JSON reports).")
 app.add_typer(_bench_app, name="bench")
 

@@ -56,7 +56,7 @@ from coderag.index._shared import RRF_K, Mode, QdrantIndexBase
 from coderag.index.base import DENSE, INDEXED_FIELDS, SPARSE, IndexPoint, ScoredRecord, SparseVec
 from coderag.index.filters import Depth, FilterPlan, Match
 
-__all__ = ["EdgeIndex", "edge_points"]
+__all__ = ["EdgeIndex", "edge_points", "read_state_file"]
 
 
 class _Gate:
@@ -451,6 +451,26 @@ class EdgeIndex(QdrantIndexBase):
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def read_state_file(path: Path, collection: str = "coderag") -> dict[str, dict[str, Any]]:
+    """The state records of the Edge index at ``path``, read without owning it.
+
+    For another process than the owner (``coderag models build`` and ``switch`` read the
+    serving index's branch states and registry while ``coderag serve`` holds its LOCK). Safe
+    because the owner only ever replaces the file whole (:func:`_atomic_write`): a reader
+    sees one complete version, perhaps one write old. Empty when the index has no state.
+    """
+    target = Path(path) / f"{collection}.state.json"
+    try:
+        data = json.loads(target.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise IndexError_(f"edge: cannot read {target}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise IndexError_(f"edge: corrupt state file {target}: not an object")
+    return data
 
 
 def edge_points(points: Sequence[IndexPoint]) -> list[qe.Point]:

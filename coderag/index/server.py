@@ -87,6 +87,45 @@ class ServerIndex(QdrantIndexBase):
         self._state_ready = False
         self._closed = False
 
+    def sibling(self, collection: str) -> ServerIndex:
+        """Another collection through the same client (and, in local mode, the same lock:
+        the local client is not thread-safe). Closing the sibling leaves the client open."""
+        other = ServerIndex(collection=collection, client=self.client)
+        other._local_lock = self._local_lock
+        return other
+
+    # --- aliases (the atomic pointer of a model switch) ------------------------------------------
+
+    def alias_target(self, alias: str) -> str | None:
+        """The collection ``alias`` points at; ``None`` when there is no such alias."""
+        with self._op("get aliases"):
+            for a in self.client.get_aliases().aliases:
+                if a.alias_name == alias:
+                    return str(a.collection_name)
+        return None
+
+    def point_alias(self, alias: str, collection: str) -> None:
+        """Point ``alias`` at ``collection`` in one request. Qdrant applies the delete and the
+        create of one ``update_collection_aliases`` call together, with every collection
+        locked (qdrant/qdrant ``lib/storage/src/content_manager/toc/collection_meta_ops.rs``,
+        ``update_aliases``: "Prevent search on partially switched collections"), so a reader
+        of the alias sees the old collection or the new one, never none. qdrant-client's
+        local mode applies the list to a copy and saves it in one write
+        (``qdrant_client/local/qdrant_local.py``, ``update_collection_aliases``)."""
+        ops = [
+            qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)),
+            qm.CreateAliasOperation(
+                create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias)
+            ),
+        ]
+        with self._op("update aliases"):
+            self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def exists(self) -> bool:
+        """Whether the point collection exists (a shadow that was never built does not)."""
+        with self._op("collection exists"):
+            return bool(self.client.collection_exists(self.collection))
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
