@@ -44,6 +44,7 @@ REQUIRED_TEXT = {"markdown", "yaml", "json", "toml", "sql", "dockerfile", "text"
 def test_exported_names() -> None:
     assert sorted(chunkers.__all__) == sorted(
         [
+            "CHUNKER_VERSION",
             "ChunkResult",
             "FileChunker",
             "PathFilter",

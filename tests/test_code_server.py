@@ -50,7 +50,6 @@ IDE_BIN = REPO / ".ide" / "node_modules" / ".bin"  # node 22 and code-server (in
 CODE_SERVER = IDE_BIN / "code-server"
 INSTALL_HINT = "run `bash scripts/install-ide.sh`"
 PASSWORD = "smoke-test-password-4d1f"
-GATEWAY_KEY = "sk-smoke-gateway-key"
 # The stand-in extension: a view container in the activity bar, as Continue's is (Continue's
 # extensions/vscode/package.json: contributes.viewsContainers.activitybar id `continue`).
 # Declarative only (no `main`), so it also runs in Restricted Mode, which the workbench is in
@@ -145,7 +144,7 @@ def start_sh(home: Path, script: str, *args: str) -> subprocess.CompletedProcess
         capture_output=True,
         text=True,
         timeout=120,
-        env=ide_env(home, LITELLM_API_KEY=GATEWAY_KEY),
+        env=ide_env(home),
     )
 
 
@@ -263,10 +262,37 @@ def test_setup_puts_the_stack_continue_config_in_place(ide: Ide) -> None:
         "streamable-http",
         "http://coderag-api:8080/mcp",
     )
-    # the secrets file Continue resolves ${{ secrets.* }} from: the gateway key, owner-only
+    # the chat model sends the developer's own token to the gateway, as the others do
+    [model] = config["models"]
+    assert (model["apiBase"], model["apiKey"]) == (
+        "http://litellm:4000/v1",
+        "${{ secrets.CODERAG_TOKEN }}",
+    )
+    # the secrets file Continue resolves ${{ secrets.* }} from, owner-only: empty until the
+    # developer runs coderag-login.sh (no shared key in the IDE)
     env_file = continue_dir / ".env"
-    assert env_file.read_text(encoding="utf-8") == f"LITELLM_API_KEY={GATEWAY_KEY}\n"
+    assert env_file.read_text(encoding="utf-8") == ""
     assert env_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_recreated_container_keeps_the_token_and_drops_an_older_stacks_keys(
+    tmp_path: Path,
+) -> None:
+    """The home directory is a volume: start.sh rewrites ~/.continue/.env on every start,
+    keeping the developer's token and dropping what an older stack wrote there (its gateway
+    key, which was the LiteLLM master key, and a coderag service token)."""
+    env_file = tmp_path / ".continue" / ".env"
+    env_file.parent.mkdir()
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"
+    env_file.write_text(
+        f"LITELLM_API_KEY=sk-old-master-key\nCODERAG_API_TOKEN=old-service\nCODERAG_TOKEN={token}\n",
+        encoding="utf-8",
+    )
+    result = start_sh(tmp_path, 'write_continue_env "$HOME/.continue/.env"')
+    assert result.returncode == 0, result.stderr
+    assert env_file.read_text(encoding="utf-8") == f"CODERAG_TOKEN={token}\n"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert list(env_file.parent.iterdir()) == [env_file], "no temporary file left"
 
 
 def test_setup_installed_the_extension_from_the_vsix(ide: Ide, code_server: Path) -> None:

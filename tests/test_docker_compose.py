@@ -39,8 +39,9 @@ EXPOSED_NETWORKS = {
     "ops": {"grafana"},  # dashboards, published on 127.0.0.1 by default
 }
 # CODERAG_* variables that are not coderag Settings fields: read by the API's client in the
-# gateway (retriever/litellm_hook.py), and the env file's CODERAG_GATEWAY_TOKEN, which compose
-# hands to both sides (the hook's CODERAG_API_TOKEN, the API's CODERAG_DELEGATION_TOKENS).
+# gateway (retriever/litellm_hook.py) and by the gateway's auth (retriever/litellm_auth.py),
+# and the env file's CODERAG_GATEWAY_TOKEN, which compose hands to both sides (the hook's
+# CODERAG_API_TOKEN, the API's CODERAG_DELEGATION_TOKENS).
 CLIENT_ENV = {
     "CODERAG_API_URL",
     "CODERAG_API_TOKEN",
@@ -50,6 +51,10 @@ CLIENT_ENV = {
     "CODERAG_HOOK_K",
     "CODERAG_HOOK_TOKEN_BUDGET",
     "CODERAG_GATEWAY_TOKEN",
+    "CODERAG_GATEWAY_OIDC_ISSUER",
+    "CODERAG_GATEWAY_OIDC_AUDIENCE",
+    "CODERAG_GATEWAY_OIDC_JWKS_URL",
+    "CODERAG_GATEWAY_OIDC_USER_CLAIM",
 }
 Services = dict[str, dict[str, Any]]
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|API_KEY|MASTER_KEY|_AUTH)", re.IGNORECASE)
@@ -515,8 +520,12 @@ def test_the_ide_holds_no_coderag_token(raw: dict[str, Any], example_env: dict[s
         "CODERAG_API_TOKENS", "CODERAG_GATEWAY_TOKEN", "CODERAG_API_TOKEN",
     } == set()  # fmt: skip
     assert not {k for k in env_items(ide) if k.startswith("CODERAG_")}
+    # nor the gateway's master key: Continue sends the developer's token to the gateway too
+    assert env["LITELLM_MASTER_KEY"] not in text
+    assert "LITELLM_MASTER_KEY" not in variables(raw["services"]["code-server"])
     start = (DOCKER / "code-server" / "start.sh").read_text(encoding="utf-8")
     assert "CODERAG_API_TOKEN" not in start
+    assert "LITELLM_API_KEY=" not in start  # an older stack's line is dropped, never written
     assert "CODERAG_API_TOKEN" not in example_env
 
 
@@ -734,6 +743,34 @@ def test_an_existing_idp_replaces_the_stack_keycloak(
     assert api["CODERAG_OIDC_ISSUER"] == env["CODERAG_OIDC_ISSUER"]
     assert api["CODERAG_OIDC_JWKS_URL"] == env["CODERAG_OIDC_JWKS_URL"]
     assert example_env["CODERAG_OIDC_ISSUER"] == "" and example_env["CODERAG_OIDC_JWKS_URL"] == ""
+    gateway = interpolate(raw, env)["services"]["litellm"]["environment"]
+    assert gateway["CODERAG_GATEWAY_OIDC_ISSUER"] == env["CODERAG_OIDC_ISSUER"]
+    assert gateway["CODERAG_GATEWAY_OIDC_JWKS_URL"] == env["CODERAG_OIDC_JWKS_URL"]
+
+
+def test_the_gateway_trusts_the_tokens_the_api_trusts(services: Services) -> None:
+    """retriever/litellm_auth.py checks the developer's token by coderag-api's settings: the
+    same issuer and keys, the same audience and username claim, so that the user the gateway
+    names is the one coderag would name for the same token."""
+    from coderag.settings import Settings
+
+    api = services["coderag-api"]["environment"]
+    gateway = services["litellm"]["environment"]
+    assert gateway["CODERAG_GATEWAY_OIDC_ISSUER"] == api["CODERAG_OIDC_ISSUER"]
+    assert gateway["CODERAG_GATEWAY_OIDC_JWKS_URL"] == api["CODERAG_OIDC_JWKS_URL"]
+    assert json.loads(gateway["CODERAG_GATEWAY_OIDC_AUDIENCE"]) == json.loads(
+        api["CODERAG_OIDC_AUDIENCE"]
+    )
+    assert "CODERAG_OIDC_USER_CLAIM" not in api  # the API's default, which the gateway names
+    assert (
+        gateway["CODERAG_GATEWAY_OIDC_USER_CLAIM"]
+        == Settings.model_fields["oidc_user_claim"].default
+    )
+    # keys over the internal network, as the API's; no hard dependency on the IdP either
+    assert {"backend"} <= set(services["litellm"]["networks"]) & set(
+        services["keycloak"]["networks"]
+    )
+    assert "keycloak" not in services["litellm"]["depends_on"]
 
 
 # --- configs of the other services ---------------------------------------------------------------
@@ -757,6 +794,10 @@ def test_litellm_config_loads_the_coderag_hook_and_routes(services: Services) ->
     mounts = services["litellm"]["volumes"]
     assert "./litellm/config.yaml:/app/config/config.yaml:ro" in mounts
     assert "../retriever/litellm_hook.py:/app/config/retriever/litellm_hook.py:ro" in mounts
+    # who the caller is: the custom auth, loaded from the same directory (get_instance_fn in
+    # litellm/proxy/types_utils/utils.py resolves general_settings.custom_auth like callbacks)
+    assert cfg["general_settings"]["custom_auth"] == "retriever.litellm_auth.user_api_key_auth"
+    assert "../retriever/litellm_auth.py:/app/config/retriever/litellm_auth.py:ro" in mounts
     command = services["litellm"]["command"]
     assert command[command.index("--config") + 1] == "/app/config/config.yaml"
     env = services["litellm"]["environment"]
@@ -784,7 +825,10 @@ def test_continue_config_points_at_the_stack(services: Services) -> None:
     assert "printf 'CODERAG_TOKEN=%s\\n'" in login
     for model in cfg["models"]:
         assert urlsplit(model["apiBase"]).hostname == "litellm"
-        assert model["apiKey"].startswith("${{ secrets.")
+        # the same developer token to the gateway, which names the user by it
+        # (retriever/litellm_auth.py); Continue's openai provider sends apiKey as
+        # `Authorization: Bearer` (_getHeaders in core/llm/llms/OpenAI.ts)
+        assert model["apiKey"] == "${{ secrets.CODERAG_TOKEN }}"
     mounts = " ".join(services["code-server"]["volumes"])
     assert "./continue/config.yaml:" in mounts and "continue.vsix:ro" in mounts
     assert "./keycloak/coderag-login.sh:/opt/coderag/coderag-login.sh:ro" in mounts
@@ -854,21 +898,37 @@ def test_every_queue_coderag_routes_to_has_a_consumer(services: Services) -> Non
     assert gpu[gpu.index("--queues") + 1] == "embed"
 
 
-def test_litellm_hook_is_a_single_self_contained_file() -> None:
-    """compose mounts only retriever/litellm_hook.py next to the gateway's config, and LiteLLM
-    loads it from there with spec_from_file_location: it may import the standard library,
-    httpx and litellm (what the gateway image has), never the rest of coderag."""
+def _third_party_imports(path: Path) -> set[str]:
     import ast
 
-    path = REPO / "retriever" / "litellm_hook.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports in the hook"
+            assert node.level == 0, f"no relative imports in {path.name}"
             imported.add((node.module or "").split(".")[0])
         elif isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
-    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    return imported - set(sys.stdlib_module_names) - {"__future__"}
+
+
+def test_litellm_auth_is_a_single_self_contained_file() -> None:
+    """Mounted alone next to the gateway's config, like the hook: the standard library, httpx,
+    PyJWT (``jwt``) and litellm only. PyJWT is in the gateway's image: litellm[proxy] requires
+    ``pyjwt`` (the wheel's METADATA: ``Requires-Dist: pyjwt ... extra == 'proxy'``) and the
+    image installs ``pyjwt[crypto]`` from LiteLLM's requirements.txt (Dockerfile in
+    BerriAI/litellm: "ensure pyjwt is used, not jwt")."""
+    path = REPO / "retriever" / "litellm_auth.py"
+    third_party = _third_party_imports(path)
+    assert third_party <= {"httpx", "jwt", "litellm"}, f"the auth imports {sorted(third_party)}"
+    assert re.search(r"^user_api_key_auth\s*=", path.read_text(encoding="utf-8"), re.M)
+
+
+def test_litellm_hook_is_a_single_self_contained_file() -> None:
+    """compose mounts only retriever/litellm_hook.py next to the gateway's config, and LiteLLM
+    loads it from there with spec_from_file_location: it may import the standard library,
+    httpx and litellm (what the gateway image has), never the rest of coderag."""
+    path = REPO / "retriever" / "litellm_hook.py"
+    third_party = _third_party_imports(path)
     assert third_party <= {"httpx", "litellm"}, f"the hook imports {sorted(third_party)}"
     assert re.search(r"^proxy_handler_instance\s*=", path.read_text(encoding="utf-8"), re.M)

@@ -211,7 +211,14 @@ class FakeRetriever:
 
 def fake_runtime() -> Any:
     idx = FakeIndex()
-    return SimpleNamespace(index=idx, indexer=FakeIndexer(idx), retriever=FakeRetriever(idx))
+    # model / embedder.model_id: what the CLI writes into each report's "model" block
+    return SimpleNamespace(
+        index=idx,
+        indexer=FakeIndexer(idx),
+        retriever=FakeRetriever(idx),
+        model="default",
+        embedder=SimpleNamespace(model_id="fake@0"),
+    )
 
 
 # ------------------------------------------------------------------------------ BEIR

@@ -5,40 +5,44 @@ What runs:
 
 * the gateway: ``litellm --config <dir>/config.yaml`` from ``.venv-gateway`` (built by
   ``scripts/install-gateway.sh``, the release the compose image runs), with
-  ``retriever/litellm_hook.py`` copied to ``<dir>/retriever/litellm_hook.py``, next to the
-  config: the compose mounts them at ``/app/config/config.yaml`` and
-  ``/app/config/retriever/litellm_hook.py``, and LiteLLM loads the callback
-  ``retriever.litellm_hook.proxy_handler_instance`` from the config's directory first
+  ``retriever/litellm_hook.py`` and ``retriever/litellm_auth.py`` copied to
+  ``<dir>/retriever/``, next to the config: the compose mounts them at
+  ``/app/config/config.yaml`` and ``/app/config/retriever/*.py``, and LiteLLM loads the
+  callback ``retriever.litellm_hook.proxy_handler_instance`` and the custom auth
+  ``retriever.litellm_auth.user_api_key_auth`` from the config's directory first
   (``get_instance_fn`` in ``litellm/proxy/types_utils/utils.py``). Its environment is the
   compose's ``litellm`` environment, with only the addresses and secrets of this machine put
   in;
 * coderag: the app over uvicorn on loopback (:func:`tests.api_support.serve_for_people`),
-  with a delegation token for the gateway and a service token, over two indexed repos;
+  with a delegation token for the gateway and a service token, over two indexed repos, and
+  the OpenID Connect issuer whose tokens it accepts (:class:`tests.oidc_issuer.TestIssuer`,
+  shaped like a Keycloak realm, RSA keys published as a JWKS on loopback): the gateway checks
+  the same tokens against the same keys, as the compose points both at the stack's Keycloak;
 * the model: a stand-in OpenAI-compatible server on loopback (:class:`StandInModel`) that
   answers chat completions (plain and SSE) and the Responses API, and records each body it
   receives, which is what the assertions read;
 * between the hook and coderag, :class:`CoderagLink`, a TCP relay the test can switch to
   hanging (connections accepted, never answered) or resetting, for "coderag down".
 
-Two gateways:
+Two gateways, both with the shipped custom auth (``retriever/litellm_auth.py``):
 
 * ``shipped``: ``docker/litellm/config.yaml`` byte for byte, with
   ``CODERAG_HOOK_IDENTITY=service`` (the hook reads with a service token's scope) and the
   master key: chat, streaming, ``/v1/responses``, Anthropic ``/v1/messages``, coderag down.
   The compose runs ``identity=user``, under which the master key gets no context by design
   (its ``user_id`` is ``default_user_id``); ``service`` is what lets the shipped file carry
-  context here without a per-user key.
-* ``per_user``: the same config plus one line, ``general_settings.custom_auth``, with the
-  compose's ``CODERAG_HOOK_IDENTITY=user``. Why custom auth: per-user identity in LiteLLM
-  comes from virtual keys (``/key/generate {"user_id": ...}``), which need LiteLLM's
-  Postgres database through prisma (its query engine is fetched at run time: impossible
-  offline), or from JWT auth, an enterprise feature (``user_api_key_auth.py`` raises "JWT
-  Auth is an enterprise only feature" without a licence). ``custom_auth`` is open source and
-  ends in the same place: the ``UserAPIKeyAuth`` it returns is what LiteLLM hands the hook
-  as ``user_api_key_dict`` (``_user_api_key_auth_builder`` returns it as is), exactly as a
-  virtual key's or a JWT's would be. The stand-in auth (:data:`GATEWAY_USERS`) maps keys to
-  users and key metadata; everything after it (the hook, ``X-Coderag-User``, coderag's
-  per-user scope from the fake GitLab, LiteLLM's translation to the model) is real.
+  context here with the master key.
+* ``per_user``: the compose's ``CODERAG_HOOK_IDENTITY=user`` and the same config, but for the
+  ``/autocomplete`` pass-through's target (Tabby in the compose), here the stand-in model, so
+  that what a developer's token reaches there is recorded. Each developer sends their own
+  OIDC access token: the custom auth verifies it and names the user, the hook reads as that
+  user (``X-Coderag-User``), coderag answers with what the fake GitLab lets them read. Why
+  custom auth: per-user identity in LiteLLM otherwise comes from virtual keys, which need
+  LiteLLM's Postgres database through prisma (its query engine is fetched at run time:
+  impossible offline), or from JWT auth, an enterprise feature (``user_api_key_auth.py``
+  raises "JWT Auth is an enterprise only feature" without a licence); ``custom_auth`` is open
+  source, and the ``UserAPIKeyAuth`` it returns is what LiteLLM hands the hook as
+  ``user_api_key_dict`` (``user_api_key_auth_builder`` returns it as is).
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ import yaml
 
 from bench.support import free_port, stop_process
 from tests.api_support import ALPHA, BETA, serve_for_people
+from tests.oidc_issuer import TestIssuer
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY_VENV = ROOT / ".venv-gateway"
@@ -74,6 +79,7 @@ INSTALL = "bash scripts/install-gateway.sh"
 COMPOSE = ROOT / "docker" / "compose.yaml"
 CONFIG = ROOT / "docker" / "litellm" / "config.yaml"
 HOOK = ROOT / "retriever" / "litellm_hook.py"
+AUTH = ROOT / "retriever" / "litellm_auth.py"
 IMAGE = "ghcr.io/berriai/litellm"
 
 PREAMBLE = "Code retrieved from the organisation's repositories"  # retriever.litellm_hook
@@ -83,31 +89,9 @@ LEDGER_QUESTION = "How is the ledger closed for a day?"
 HOOK_TIMEOUT = 2.0  # the hook's default (CODERAG_HOOK_TIMEOUT unset, as in the compose)
 MASTER_KEY = "sk-master-" + os.urandom(8).hex()
 PROJECTS = {ALPHA: 401, BETA: 402}
-USERS = {"alice": (41, {ALPHA: 20}), "bob": (42, {BETA: 30}), "carol": (43, {ALPHA: 20, BETA: 20})}
+USERS = {"alice": (41, {ALPHA: 20}), "bob": (42, {BETA: 30})}
 DELEGATION = "gateway-" + os.urandom(12).hex()
 SERVICE = "service-" + os.urandom(12).hex()
-GATEWAY_USERS = {  # the per-user gateway's keys: what a virtual key or a JWT would carry
-    "sk-alice-0123456789": {"user_id": "alice"},
-    "sk-bob-0123456789": {"user_id": "bob"},
-    "sk-carol-0123456789": {"user_id": "carol", "metadata": {"coderag_repos": [BETA]}},
-}
-CUSTOM_AUTH = '''"""Stand-in for LiteLLM's per-user keys (general_settings.custom_auth)."""
-
-import json
-import os
-
-from fastapi import HTTPException
-from litellm.proxy._types import UserAPIKeyAuth
-
-KEYS = json.loads(os.environ["GATEWAY_TEST_KEYS"])
-
-
-async def user_api_key_auth(request, api_key: str) -> UserAPIKeyAuth:
-    key = api_key.removeprefix("Bearer ").strip()
-    if key not in KEYS:
-        raise HTTPException(status_code=401, detail="unknown key")
-    return UserAPIKeyAuth(api_key=key, **KEYS[key])
-'''
 
 
 # --- one LiteLLM version ------------------------------------------------------------------
@@ -375,11 +359,13 @@ def compose_env(**values: str) -> dict[str, str]:
 
 
 def lay_out(directory: Path, config: str) -> Path:
-    """``config`` as ``<directory>/config.yaml`` and the hook as
-    ``<directory>/retriever/litellm_hook.py``: the compose's /app/config."""
+    """``config`` as ``<directory>/config.yaml``, the hook and the auth as
+    ``<directory>/retriever/litellm_hook.py`` and ``litellm_auth.py``: the compose's
+    /app/config."""
     (directory / "retriever").mkdir(parents=True)
     (directory / "config.yaml").write_text(config, encoding="utf-8")
-    shutil.copyfile(HOOK, directory / "retriever" / "litellm_hook.py")
+    for module in (HOOK, AUTH):
+        shutil.copyfile(module, directory / "retriever" / module.name)
     return directory / "config.yaml"
 
 
@@ -438,8 +424,13 @@ def run_gateway(config: Path, env: dict[str, str], home: Path) -> Iterator[Gatew
 class Stack:
     model: StandInModel
     link: CoderagLink
+    idp: TestIssuer
     shipped: Gateway
     per_user: Gateway
+
+    def token(self, username: str, **claims: Any) -> str:
+        """``username``'s access token from the issuer coderag and the gateway trust."""
+        return self.idp.mint(username=username, sub=f"{username}-subject", **claims)
 
 
 @pytest.fixture(scope="module")
@@ -450,9 +441,10 @@ def stack(
         pytest.skip(f"no LiteLLM gateway venv (.venv-gateway): build it with `{INSTALL}`")
     root = tmp_path_factory.mktemp("gateway")
     shipped_config = CONFIG.read_text(encoding="utf-8")
-    per_user_config = yaml.safe_load(shipped_config)
-    per_user_config["general_settings"]["custom_auth"] = "gateway_users.user_api_key_auth"
     model = StandInModel()
+    per_user_config = yaml.safe_load(shipped_config)
+    [autocomplete] = per_user_config["general_settings"]["pass_through_endpoints"]
+    autocomplete["target"] = model.url  # Tabby's place: record what reaches it
     try:
         with serve_for_people(
             root / "coderag",
@@ -471,23 +463,22 @@ def stack(
                     VLLM_API_BASE=f"{model.url}/v1",
                     CODERAG_API_URL=link.url,
                     CODERAG_API_TOKEN=DELEGATION,
+                    # the compose: the public issuer, the keys over the internal network
+                    CODERAG_GATEWAY_OIDC_ISSUER=coderag.idp.issuer,
+                    CODERAG_GATEWAY_OIDC_JWKS_URL=coderag.idp.jwks_uri,
                 )
-                per_user_dir = root / "per-user"
-                per_user = lay_out(per_user_dir, yaml.safe_dump(per_user_config))
-                (per_user_dir / "gateway_users.py").write_text(CUSTOM_AUTH, encoding="utf-8")
+                per_user = lay_out(root / "per-user", yaml.safe_dump(per_user_config))
                 with (
                     run_gateway(
                         lay_out(root / "shipped", shipped_config),
                         {**env, "CODERAG_HOOK_IDENTITY": "service", "CODERAG_API_TOKEN": SERVICE},
                         root,
                     ) as shipped,
-                    run_gateway(
-                        per_user, {**env, "GATEWAY_TEST_KEYS": json.dumps(GATEWAY_USERS)}, root
-                    ) as per_user_gw,
+                    run_gateway(per_user, env, root) as per_user_gw,
                 ):
                     shipped.wait_up()  # the two started at once
                     per_user_gw.wait_up()
-                    yield Stack(model, link, shipped, per_user_gw)
+                    yield Stack(model, link, coderag.idp, shipped, per_user_gw)
             finally:
                 link.close()
     finally:
@@ -633,42 +624,126 @@ def ask(stack: Stack, key: str, question: str, **headers: str) -> dict[str, Any]
 @pytest.mark.slow
 @pytest.mark.integration
 def test_each_user_gets_the_code_they_may_read(stack: Stack):
-    alice = system_of(ask(stack, "sk-alice-0123456789", QUESTION))
+    """Each developer's own access token, as Continue sends it (``apiKey`` of
+    docker/continue/config.yaml): the gateway names the user, coderag answers for them."""
+    alice = system_of(ask(stack, stack.token("alice"), QUESTION))
+    assert alice.startswith("Answer briefly.\n\n" + PREAMBLE)
     assert "def refund_payment" in alice and "src/beta/" not in alice
-    bob = system_of(ask(stack, "sk-bob-0123456789", LEDGER_QUESTION))
+    bob = system_of(ask(stack, stack.token("bob"), LEDGER_QUESTION))
     assert "def close_ledger" in bob and "src/alpha/" not in bob
     # the same question, two users: each their own code
-    bob_refund = ask(stack, "sk-bob-0123456789", QUESTION)
+    bob_refund = ask(stack, stack.token("bob"), QUESTION)
     assert "src/alpha/" not in json.dumps(bob_refund["messages"])
+    # an ES256 token of the same issuer (its EC key is in the same JWKS) works alike
+    alice_ec = system_of(ask(stack, stack.token("alice", alg="ES256"), QUESTION))
+    assert "def refund_payment" in alice_ec and "src/beta/" not in alice_ec
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_user_naming_a_repo_they_may_not_read_gets_no_context(stack: Stack):
-    sent = ask(stack, "sk-alice-0123456789", LEDGER_QUESTION, **{"x-coderag-repos": BETA})
+    sent = ask(stack, stack.token("alice"), LEDGER_QUESTION, **{"x-coderag-repos": BETA})
     assert sent["messages"] == chat(LEDGER_QUESTION)["messages"]  # coderag refused: 403
 
 
-@pytest.mark.slow
-@pytest.mark.integration
-def test_key_metadata_holds_a_user_to_its_repos(stack: Stack):
-    """carol may read both repos in GitLab; her key's ``coderag_repos`` holds her to beta."""
-    held = system_of(ask(stack, "sk-carol-0123456789", QUESTION))
-    assert held.startswith("Answer briefly.\n\n" + PREAMBLE) and "src/beta/" in held
-    assert "src/alpha/" not in held
-    asked_alpha = ask(stack, "sk-carol-0123456789", QUESTION, **{"x-coderag-repos": ALPHA})
-    assert asked_alpha["messages"] == chat()["messages"]
+REFUSED: dict[str, tuple[Any, str]] = {
+    # name: (token from the issuer, the reason the 401 names)
+    "expired": (lambda idp: idp.mint(exp_in=-120), "token expired"),
+    "wrong audience": (lambda idp: idp.mint(aud="another-client"), "wrong audience"),
+    "alg none": (lambda idp: idp.none_token(), "algorithm 'none' not allowed"),
+    "tampered": (lambda idp: idp.tampered_token(), "invalid signature"),
+    "HS256 with the public key": (
+        lambda idp: idp.hs256_with_public_key_token(),
+        "algorithm 'HS256' not allowed",
+    ),
+    "refresh token": (lambda idp: idp.mint(typ="Refresh"), "token type 'Refresh' not accepted"),
+    "other issuer": (
+        lambda idp: idp.mint(iss="https://login.example.invalid/realms/coderag"),
+        "wrong issuer",
+    ),
+    "unknown key": (lambda idp: idp.mint(kid="not-a-published-kid"), "unknown signing key"),
+    "no username": (lambda idp: idp.mint(username=None), "missing claim 'preferred_username'"),
+    "not a JWT": (lambda idp: "sk-nobody-0123456789", "not an OIDC access token"),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_an_unknown_key_is_refused_before_any_model_call(stack: Stack):
-    """The per-user gateway's auth refuses it (401); the shipped one, with its master key and
-    no database, refuses every other key with LiteLLM's 400 ``no_db_connection``."""
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_bad_token_is_refused_with_its_reason_before_any_call(stack: Stack, case: str):
+    """LiteLLM sends a ProxyException raised by the custom auth back as is: its code as the
+    status, ``{"error": {"message", "type", ...}}``, its headers
+    (``_as_proxy_exception`` in litellm/proxy/auth/auth_exception_handler.py,
+    ``openai_exception_handler`` in litellm/proxy/proxy_server.py)."""
+    make, reason = REFUSED[case]
+    before, asked = stack.model.count(), stack.link.accepted
+    with stack.per_user.client(make(stack.idp)) as gw:
+        resp = gw.post("/v1/chat/completions", json=chat())
+        streamed = gw.post("/v1/chat/completions", json=chat(stream=True))
+    for answer in (resp, streamed):
+        assert answer.status_code == 401, answer.text
+        error = answer.json()["error"]
+        assert error["type"] == "auth_error" and reason in error["message"], error
+        assert answer.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+    assert stack.model.count() == before, "the model was called"
+    assert stack.link.accepted == asked, "coderag was asked"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_without_a_token_the_gateway_says_so(stack: Stack):
     before = stack.model.count()
-    with stack.per_user.client("sk-nobody-0123456789") as gw:
-        assert gw.post("/v1/chat/completions", json=chat()).status_code == 401
+    resp = httpx.post(
+        f"{stack.per_user.url}/v1/chat/completions", json=chat(), timeout=60, trust_env=False
+    )
+    assert resp.status_code == 401
+    assert "no bearer token" in resp.json()["error"]["message"]
+    assert stack.model.count() == before
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_master_key_still_works_and_gets_no_context(stack: Stack):
+    """The custom auth replaces LiteLLM's own key check; it answers the master key as LiteLLM
+    does (user ``default_user_id``), for which the hook reads as nobody."""
+    asked = stack.link.accepted
+    sent = ask(stack, MASTER_KEY, QUESTION)
+    assert sent["messages"] == chat()["messages"]  # as the client sent them
+    assert stack.link.accepted == asked  # the hook did not even ask coderag
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_developer_token_reaches_the_model_routes_only(stack: Stack):
+    """Tabby's ``/autocomplete`` pass-through (``auth: true``) takes the developer's token; a
+    management route refuses it (403 of LiteLLM's ``allowed_routes`` check,
+    ``RouteChecks.is_virtual_key_allowed_to_call_route`` in
+    litellm/proxy/auth/route_checks.py), before it reaches anything."""
+    body = {"language": "python", "segments": {"prefix": "def refund(", "suffix": ""}}
+    token = stack.token("alice")
+    with stack.per_user.client(token) as gw:
+        gw.post("/autocomplete/v1/completions", json=body)  # the stand-in answers it 404
+        assert stack.model.last("/v1/completions") == body
+        before = stack.model.count()
+        for path, payload in (
+            ("/key/generate", {"user_id": "alice"}),
+            ("/config/update", {"general_settings": {}}),
+        ):
+            resp = gw.post(path, json=payload)
+            assert resp.status_code == 403, (path, resp.text)
+            assert "not allowed to call this route" in resp.text
+        assert gw.get("/v1/models").json()["data"][0]["id"] == "chat"
+    assert stack.model.count() == before
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_shipped_gateway_refuses_a_key_it_does_not_know(stack: Stack):
+    """The shipped config, master key and custom auth only: any other key is a 401 with the
+    reason (without the custom auth, LiteLLM would answer 400 ``no_db_connection``)."""
+    before = stack.model.count()
     with stack.shipped.client("sk-nobody-0123456789") as gw:
         resp = gw.post("/v1/chat/completions", json=chat())
-    assert resp.status_code == 400 and resp.json()["error"]["type"] == "no_db_connection"
+    assert resp.status_code == 401
+    assert "not an OIDC access token" in resp.json()["error"]["message"]
     assert stack.model.count() == before

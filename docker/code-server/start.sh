@@ -15,16 +15,17 @@ CONFIG=/opt/coderag/continue/config.yaml
 # has no route out).
 CODE_SERVER_FLAGS=(--auth password --disable-telemetry --disable-update-check)
 
-# write_continue_env FILE: Continue's secrets file. LITELLM_API_KEY from the environment, and
-# the developer's own CODERAG_TOKEN line (written by coderag-login.sh) kept from the existing
-# file, so that a re-created container keeps it (the home directory is a volume). Every other
-# line is dropped, a coderag service token of an older stack included: the IDE holds none.
+# write_continue_env FILE: Continue's secrets file, mode 0600: the developer's own
+# CODERAG_TOKEN line (written by coderag-login.sh) kept from the existing file, so that a
+# re-created container keeps it (the home directory is a volume); Continue sends that token to
+# coderag and to the gateway alike. Every other line is dropped: the IDE holds no shared
+# secret, neither an older stack's gateway key (LITELLM_API_KEY, which was the master key) nor
+# a coderag service token.
 write_continue_env() {
-  local file="$1" key="${LITELLM_API_KEY:?set LITELLM_API_KEY (the gateway key for Continue)}" tmp
+  local file="$1" tmp
   tmp=$(mktemp "$file.XXXXXX") # mode 0600
-  printf 'LITELLM_API_KEY=%s\n' "$key" >"$tmp"
   if [ -f "$file" ]; then
-    grep '^CODERAG_TOKEN=' "$file" | tail -n 1 >>"$tmp" || true
+    grep '^CODERAG_TOKEN=' "$file" | tail -n 1 >"$tmp" || true
   fi
   mv -f "$tmp" "$file"
 }
