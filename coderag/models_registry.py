@@ -26,15 +26,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coderag.atomic import atomic_write
 from coderag.errors import ConfigError, InputError, NotFoundError
 from coderag.index.factory import DEFAULT_MODEL
 from embeddings.options import ModelOptions
@@ -194,7 +193,7 @@ class ModelRegistry:
 
     def _write(self, data: RegistryFile) -> RegistryFile:
         new = replace(data, generation=data.generation + 1)
-        _atomic_write(self.path, json.dumps(new.to_json(), indent=2, sort_keys=True) + "\n")
+        atomic_write(self.path, json.dumps(new.to_json(), indent=2, sort_keys=True) + "\n")
         return new
 
     def add(self, spec: ModelSpec, *, replace_existing: bool = False) -> RegistryFile:
@@ -234,22 +233,3 @@ def default_spec(settings: Settings) -> ModelSpec:
     return ModelSpec(name=DEFAULT_MODEL, path=path)
 
 
-def _atomic_write(target: Path, text: str) -> None:
-    """Temp file in the same dir, fsync, rename over ``target``, fsync the dir: a reader and
-    a crash see the old file or the new one, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from evals.harness import MODES, ProgressFn, check_mode, eval_runtime, eval_settings
+from evals.harness import MODES, ProgressFn, check_mode, eval_runtime
 
 __all__ = ["eval_app"]
 
@@ -118,24 +116,8 @@ def _runtime(data_dir: Path | None, model: str | None) -> Iterator[Any]:
 
     name = model or active_model(base)
     spec = registry.spec(name, base)
-    if name == DEFAULT_MODEL:
-        with eval_runtime(base, data_dir=data_dir) as runtime:
-            yield runtime
-        return
-    from coderag.runtime import build_runtime
-
-    tmp = None
-    if data_dir is None:
-        tmp = Path(tempfile.mkdtemp(prefix="coderag-eval-"))
-        data_dir = tmp
-    # The eval index is one plain index of this model: its points and state together.
-    runtime = build_runtime(eval_settings(data_dir, base), model=spec)
-    try:
-        yield runtime
-    finally:
-        runtime.close()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with eval_runtime(base, data_dir=data_dir, model=None if name == DEFAULT_MODEL else spec) as rt:
+        yield rt
 
 
 @eval_app.command("beir")

@@ -20,6 +20,7 @@ from coderag.errors import InputError
 from coderag.settings import Settings
 
 if TYPE_CHECKING:
+    from coderag.models_registry import ModelSpec
     from coderag.runtime import Runtime
 
 __all__ = ["MODES", "ProgressFn", "check_mode", "eval_runtime", "eval_settings"]
@@ -51,12 +52,16 @@ def eval_settings(data_dir: Path, base: Settings | None = None) -> Settings:
 
 @contextmanager
 def eval_runtime(
-    base: Settings | None = None, *, data_dir: Path | None = None
+    base: Settings | None = None,
+    *,
+    data_dir: Path | None = None,
+    model: ModelSpec | None = None,
 ) -> Iterator[Runtime]:
     """A runtime on a fresh temporary data dir, removed afterwards.
 
     ``data_dir`` keeps the index somewhere chosen instead (not removed), for inspecting it
-    with ``coderag search --data-dir`` after a run.
+    with ``coderag search --data-dir`` after a run. ``model``: a registered model instead of
+    the settings' (``coderag eval ... --model``); the eval index is one plain index of it.
     """
     from coderag.runtime import build_runtime
 
@@ -64,7 +69,7 @@ def eval_runtime(
     if data_dir is None:
         tmp = Path(tempfile.mkdtemp(prefix="coderag-eval-"))
         data_dir = tmp
-    runtime = build_runtime(eval_settings(data_dir, base))
+    runtime = build_runtime(eval_settings(data_dir, base), model=model)
     try:
         yield runtime
     finally:

@@ -43,7 +43,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
+from coderag.atomic import atomic_write
 from coderag.errors import ConfigError, IndexError_, IndexLockedError, InputError, translate
 from coderag.index._shared import RRF_K, Mode, QdrantIndexBase
 from coderag.index.base import DENSE, INDEXED_FIELDS, SPARSE, IndexPoint, ScoredRecord, SparseVec
@@ -440,7 +440,7 @@ class EdgeIndex(QdrantIndexBase):
                     f"state value for {key!r} is not JSON-serialisable: {exc}"
                 ) from exc
             with translate(IndexError_, f"edge: write {self.state_file}"):
-                _atomic_write(self.state_file, text)
+                atomic_write(self.state_file, text)
             self._state = json.loads(text)
 
     def list_state(self, prefix: str = "") -> dict[str, dict[str, Any]]:
@@ -517,24 +517,3 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def _atomic_write(target: Path, text: str) -> None:
-    """Write temp file in the same dir, fsync it, rename over ``target``, fsync the dir.
-
-    A crash at any point leaves either the old file or the new one, never half of one.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
