@@ -35,6 +35,7 @@ import yaml
 from tests.promql_names import exposed_names, grafana_exprs, metric_names
 from tests.redis_support import redis_url
 from tests.standin import free_port
+from tests.test_worker_metrics import worker_env
 
 REPO = Path(__file__).resolve().parents[1]
 PROM_DIR = REPO / "docker" / "prometheus"
@@ -315,27 +316,6 @@ def running(cmd: list[str], log: Path, **kwargs: Any) -> Iterator[subprocess.Pop
                 proc.wait(timeout=10)
 
 
-def worker_env(tmp_path: Path, model_dir: Path) -> dict[str, str]:
-    """As tests/test_worker_metrics.py runs the worker: its own Redis db, no Qdrant (its
-    warm-up fails and is logged; the exporter stays up)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CODERAG_", "PROMETHEUS_")) and k.lower() != "prometheus_multiproc_dir"
-    }
-    (tmp_path / "tmp").mkdir()
-    env.update(
-        CODERAG_CELERY_BROKER_URL=BROKER,
-        CODERAG_REDIS_URL=BROKER,
-        CODERAG_QDRANT_URL=f"http://127.0.0.1:{free_port()}",
-        CODERAG_DATA_DIR=str(tmp_path / "data"),
-        CODERAG_MODEL_EXPORT_DIR=str(model_dir),
-        HF_HUB_OFFLINE="1",
-        TMPDIR=str(tmp_path / "tmp"),
-    )
-    return env
-
-
 class PromAPI:
     """The few calls of Prometheus's HTTP API the test needs (api/v1, stable in 2.x and 3.x:
     https://prometheus.io/docs/prometheus/latest/querying/api/)."""
@@ -408,7 +388,7 @@ def test_live_prometheus_scrapes_the_api_and_a_worker(
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
     ]
     worker_log, prom_log = tmp_path / "worker.log", tmp_path / "prometheus.log"
-    env = worker_env(tmp_path, model_dir)
+    env = worker_env(tmp_path, model_dir, BROKER)
     try:
         with (
             running(worker_cmd, worker_log, env=env, cwd=REPO) as worker,

@@ -60,7 +60,9 @@ def broker() -> Iterator[redis.Redis]:
     client.close()
 
 
-def worker_env(tmp_path: Path, model_dir: Path) -> dict[str, str]:
+def worker_env(tmp_path: Path, model_dir: Path, broker: str = BROKER) -> dict[str, str]:
+    """The worker's environment: its own Redis db, no Qdrant (nothing at that port: its
+    warm-up fails and is logged, the exporter stays up), a private multiprocess dir."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -68,9 +70,9 @@ def worker_env(tmp_path: Path, model_dir: Path) -> dict[str, str]:
     }
     (tmp_path / "tmp").mkdir()
     env.update(
-        CODERAG_CELERY_BROKER_URL=BROKER,
-        CODERAG_REDIS_URL=BROKER,
-        CODERAG_QDRANT_URL=f"http://127.0.0.1:{free_port()}",  # nothing there (see above)
+        CODERAG_CELERY_BROKER_URL=broker,
+        CODERAG_REDIS_URL=broker,
+        CODERAG_QDRANT_URL=f"http://127.0.0.1:{free_port()}",
         CODERAG_DATA_DIR=str(tmp_path / "data"),
         CODERAG_MODEL_EXPORT_DIR=str(model_dir),
         HF_HUB_OFFLINE="1",
