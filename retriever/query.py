@@ -14,6 +14,7 @@ from dataclasses import dataclass
 __all__ = ["ParsedQuery", "parse_query"]
 
 MAX_QUERY_CHARS = 2000
+MAX_LEXICAL_CHARS = 20000
 _FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 _INLINE = re.compile(r"`([^`\n]{1,200})`")
 _IDENT = re.compile(
@@ -34,8 +35,12 @@ _BOILER = re.compile(
 class ParsedQuery:
     text: str  # what the dense model embeds
     identifiers: tuple[str, ...]  # code-like tokens found (for lexical emphasis)
-    paths: tuple[str, ...]
+    paths: tuple[str, ...]  # paths named in the query
     code_like: float  # 0..1: how much the query looks like code rather than prose
+    full_text: str = ""  # everything but attached context, for the lexical side (no cap)
+    words: int = 0  # words of prose: a short question or a long report
+    segments: tuple[str, ...] = ()  # windows of a long query after ``text``'s own, for dense
+    module_paths: tuple[str, ...] = ()  # files that dotted module names in it point at
 
 
 def parse_query(raw: str) -> ParsedQuery:
@@ -58,8 +63,54 @@ def parse_query(raw: str) -> ParsedQuery:
     codey = sum(1 for w in words if re.search(r"[_.()\[\]{}=<>]|[a-z][A-Z]", w))
     code_like = min(1.0, (codey + 3 * len(fences)) / max(1, len(words)))
     return ParsedQuery(
-        cleaned or raw.strip()[:MAX_QUERY_CHARS], tuple(idents[:32]), tuple(paths[:8]), code_like
+        cleaned or raw.strip()[:MAX_QUERY_CHARS],
+        tuple(idents[:32]),
+        tuple(paths[:8]),
+        code_like,
+        # The lexical side has no token window: a long report's later paragraphs and its
+        # traceback still count there (capped only against pathological input).
+        full_text=text[:MAX_LEXICAL_CHARS],
+        words=len(words),
+        module_paths=tuple(_module_paths(idents)[:16]),
+        segments=tuple(
+            _segments(" ".join([*prose.split(), *(f.strip()[:SEGMENT_CHARS] for f in fences[:3])]))
+        ),
     )
+
+
+SEGMENT_CHARS = 1000
+"""About a MiniLM window (256 word pieces) of English prose."""
+MAX_SEGMENTS = 3
+
+
+def _segments(prose: str) -> list[str]:
+    """The windows of a long report's prose *after* the first: the dense model reads only
+    the start of ``text``, so the rest of a bug report (the steps, the actual error) would
+    never be embedded. Cut at whitespace, at most :data:`MAX_SEGMENTS`."""
+    out: list[str] = []
+    rest = prose[SEGMENT_CHARS:]
+    while rest.strip() and len(out) < MAX_SEGMENTS:
+        cut = rest.rfind(" ", 0, SEGMENT_CHARS) if len(rest) > SEGMENT_CHARS else len(rest)
+        cut = cut if cut > SEGMENT_CHARS // 2 else min(len(rest), SEGMENT_CHARS)
+        piece, rest = rest[:cut].strip(), rest[cut:]
+        if len(piece.split()) >= 8:  # a trailing fragment carries no topic of its own
+            out.append(piece)
+    return out
+
+
+_MODULE = re.compile(r"^[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+$")
+
+
+def _module_paths(idents: list[str]) -> list[str]:
+    """``sphinx.ext.autodoc`` -> ``sphinx/ext/autodoc.py`` and ``.../autodoc/__init__.py``:
+    a dotted, all-lower-case name is usually a module, and names its file. (An attribute
+    chain like ``self.app.config`` also matches; it names no file, so it costs nothing.)"""
+    out: list[str] = []
+    for ident in idents:
+        if _MODULE.match(ident) and ident.count(".") >= 1 and not ident.startswith("self."):
+            base = ident.replace(".", "/")
+            out += [f"{base}.py", f"{base}/__init__.py"]
+    return out
 
 
 def _dedupe(items: list[str]) -> list[str]:

@@ -47,6 +47,26 @@ class FusionConfig:
     candidates: int = 100
     symbol_bonus: float = 0.02
     path_bonus: float = 0.05
+    file_lexical_weight: float = 0.0
+    """Weight of a file's lexical evidence, added to each of its chunks' scores, at full
+    strength for long queries (:attr:`long_query_words`) and none for short ones. A bug
+    report names many of its file's words, spread over several chunks: the best chunk alone
+    sees a few of them (lexical chunk ranking was 20 Acc@5 points below plain BM25 over
+    whole files on large repositories). The evidence is the sum of a file's best
+    :attr:`file_lexical_chunks` chunk scores, relative to the best file's. Short questions
+    are left as they were: there the dense cosine wins (CoSQA) and summing would only
+    favour long files."""
+    file_lexical_chunks: int = 3
+    long_query_words: tuple[int, int] = (20, 80)
+    """Word counts where the file evidence starts, and where it reaches full weight."""
+    lexical_candidates_long: int = 600
+    """Lexical candidates for a long query: enough chunks per file for the file evidence."""
+    dense_segments: bool = False
+    """Also embed the windows of a long query after the first (``ParsedQuery.segments``)
+    and keep each chunk's best cosine over all of them."""
+    module_paths: bool = False
+    """Count a dotted module name in the query (``sphinx.ext.autodoc``) as naming its file
+    (``sphinx/ext/autodoc.py`` or ``.../autodoc/__init__.py``) for :attr:`path_bonus`."""
     secondary_penalty: float = 0.05
     """Subtracted from chunks of tests, docs and examples (:func:`retriever.roles.file_role`)
     unless the query asks for that kind of file. Questions and bug reports are answered by
@@ -128,12 +148,18 @@ class Retriever:
         dense: list[ScoredRecord] = []
         lexical: list[ScoredRecord] = []
         if mode in ("dense", "hybrid"):
-            vec = self.embedder.embed_queries([pq.text])[0]
-            dense = self.index.search_dense(vec.tolist(), flt, n)
+            texts = [pq.text, *pq.segments] if self.fusion.dense_segments else [pq.text]
+            vecs = self.embedder.embed_queries(texts)
+            dense = self.index.search_dense(vecs[0].tolist(), flt, n)
+            for vec in vecs[1:]:
+                dense = _best_of(dense, self.index.search_dense(vec.tolist(), flt, n))
         if mode in ("lexical", "hybrid"):
             sv = sparse_query(" ".join([pq.text, *pq.identifiers]))
             if sv.indices:
-                lexical = self.index.search_sparse(sv, flt, n)
+                n_lex = n
+                if mode == "hybrid" and self.fusion.file_lexical_weight * self._long_query(pq):
+                    n_lex = max(n, self.fusion.lexical_candidates_long)
+                lexical = self.index.search_sparse(sv, flt, n_lex)
         if mode == "dense":
             return [(r, r.score) for r in dense]
         if mode == "lexical":
@@ -152,8 +178,11 @@ class Retriever:
         records = {r.id: r for r in lexical}
         records.update({r.id: r for r in dense})
         idents = {i.lower().rsplit(".", 1)[-1] for i in pq.identifiers}
-        paths = tuple(p.lower() for p in pq.paths)
+        named = [*pq.paths, *(pq.module_paths if f.module_paths else ())]
+        paths = tuple(p.lower() for p in named)
         wanted = query_roles(pq.text)
+        file_w = f.file_lexical_weight * self._long_query(pq)
+        file_lex = _file_lexical(lexical, top_lex, f.file_lexical_chunks) if file_w else {}
         out = []
         for pid, rec in records.items():
             score = d_score.get(pid, floor) + w * l_score.get(pid, 0.0)
@@ -161,14 +190,22 @@ class Retriever:
             if sym and idents and sym.rsplit(".", 1)[-1] in idents:
                 score += f.symbol_bonus
             path = str(rec.payload.get("path") or "").lower()
-            if paths and any(path.endswith(p) for p in paths):
+            if paths and any(_same_file(path, p) for p in paths):
                 score += f.path_bonus
+            if file_lex:
+                key = (str(rec.payload.get("repo") or ""), str(rec.payload.get("path") or ""))
+                score += file_w * file_lex.get(key, 0.0)
             role = file_role(str(rec.payload.get("path") or ""))
             if role != "source" and role not in wanted:
                 score -= f.secondary_penalty
             out.append((rec, score))
         out.sort(key=lambda t: -t[1])
         return out
+
+    def _long_query(self, pq: ParsedQuery) -> float:
+        """0 for a short question, rising to 1 for a bug report's length."""
+        lo, hi = self.fusion.long_query_words
+        return min(1.0, max(0.0, (pq.words - lo) / max(1, hi - lo)))
 
     def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         with self._lock:
@@ -179,6 +216,40 @@ class Retriever:
         scores = self._reranker.predict([(query, h.text) for h in hits])
         order = sorted(range(len(hits)), key=lambda i: -float(scores[i]))
         return [_with_score(hits[i], float(scores[i])) for i in order]
+
+
+def _best_of(a: list[ScoredRecord], b: list[ScoredRecord]) -> list[ScoredRecord]:
+    """Union of two result lists of one index, each point at its higher score, best first."""
+    best = {r.id: r for r in a}
+    for r in b:
+        if r.id not in best or r.score > best[r.id].score:
+            best[r.id] = r
+    return sorted(best.values(), key=lambda r: -r.score)
+
+
+def _file_lexical(
+    lexical: Sequence[ScoredRecord], top: float, per_file: int
+) -> dict[tuple[str, str], float]:
+    """(repo, path) -> the sum of the file's best ``per_file`` chunk lexical scores, relative
+    to the best file's sum (0..1)."""
+    best: dict[tuple[str, str], list[float]] = {}
+    for r in lexical:  # in score order: the first ``per_file`` of a file are its best
+        key = (str(r.payload.get("repo") or ""), str(r.payload.get("path") or ""))
+        got = best.setdefault(key, [])
+        if len(got) < per_file:
+            got.append(r.score / top)
+    sums = {k: sum(v) for k, v in best.items()}
+    top_sum = max(sums.values(), default=0.0) or 1.0
+    return {k: v / top_sum for k, v in sums.items()}
+
+
+def _same_file(path: str, mentioned: str) -> bool:
+    """A path in the query names this file: the same path, or one ends with the other at a
+    directory boundary (a traceback's ``/usr/lib/.../pkg/mod.py`` names ``pkg/mod.py``; a
+    bare ``mod.py`` names ``pkg/mod.py``)."""
+    if path == mentioned:
+        return True
+    return mentioned.endswith("/" + path) or path.endswith("/" + mentioned)
 
 
 def _diversify(hits: list[Hit], per_file: int, k: int) -> list[Hit]:
