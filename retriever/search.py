@@ -244,12 +244,13 @@ def _file_lexical(
 
 
 def _same_file(path: str, mentioned: str) -> bool:
-    """A path in the query names this file: the same path, or one ends with the other at a
-    directory boundary (a traceback's ``/usr/lib/.../pkg/mod.py`` names ``pkg/mod.py``; a
-    bare ``mod.py`` names ``pkg/mod.py``)."""
-    if path == mentioned:
-        return True
-    return mentioned.endswith("/" + path) or path.endswith("/" + mentioned)
+    """A path in the query names this file: the same path, or the file's path ends with it
+    at a directory boundary (a bare ``mod.py`` names ``pkg/mod.py``, ``auth.py`` does not
+    name ``oauth.py``). A longer path that ends with the file's (a traceback's
+    ``/usr/lib/.../pkg/mod.py``, a web link) is not counted: measured on SWE-bench dev it
+    left file ranking unchanged and cost function-level MRR 3.4 points (links in reports
+    point at files the fix does not touch)."""
+    return path == mentioned or path.endswith("/" + mentioned)
 
 
 def _diversify(hits: list[Hit], per_file: int, k: int) -> list[Hit]:
