@@ -66,6 +66,8 @@ METRICS = {
     "coderag_index_lag_seconds",
     "coderag_query_latency_seconds_bucket",
     "coderag_chunks_embedded_total",
+    "coderag_embedding_errors_total",
+    "coderag_hook_disabled",
 }
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])((?:[^{}]|\{[^{}]*\})*))?\}")
