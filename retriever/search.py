@@ -47,7 +47,7 @@ class FusionConfig:
     candidates: int = 100
     symbol_bonus: float = 0.02
     path_bonus: float = 0.05
-    file_lexical_weight: float = 0.0
+    file_lexical_weight: float = 0.1
     """Weight of a file's lexical evidence, added to each of its chunks' scores, at full
     strength for long queries (:attr:`long_query_words`) and none for short ones. A bug
     report names many of its file's words, spread over several chunks: the best chunk alone
@@ -55,7 +55,10 @@ class FusionConfig:
     whole files on large repositories). The evidence is the sum of a file's best
     :attr:`file_lexical_chunks` chunk scores, relative to the best file's. Short questions
     are left as they were: there the dense cosine wins (CoSQA) and summing would only
-    favour long files."""
+    favour long files. Measured (``coderag eval swebench``, file level): SWE-bench dev Acc@5
+    87.0 -> 91.3, MRR 67.5 -> 66.7; the 8 earliest astropy instances of the large-repository
+    dev set MRR 90.6 -> 91.7 (Acc@5 100 both); function-level MRR 50.0 -> 49.7 and
+    48.5 -> 48.9. 0.2 gained more Acc@5 on dev (95.7) but lost 1.7 MRR and 4.5 Acc@1."""
     file_lexical_chunks: int = 3
     long_query_words: tuple[int, int] = (20, 80)
     """Word counts where the file evidence starts, and where it reaches full weight."""

@@ -1,6 +1,7 @@
-"""Evidence beyond one chunk for long queries (bug reports), each behind a FusionConfig
-switch: a file's summed lexical evidence, dense windows of a long report, paths that a
-traceback or a dotted module name points at. Through the real index, model and retriever."""
+"""Evidence beyond one chunk for long queries (bug reports), each a FusionConfig setting
+(file lexical evidence on by default, the others off until measured to win): a file's summed
+lexical evidence, dense windows of a long report, paths that a dotted module name points at.
+Through the real index, model and retriever."""
 
 from __future__ import annotations
 
@@ -120,6 +121,7 @@ def _file_scores(runtime: Any, query: str) -> dict[str, float]:
 
 
 def test_file_lexical_evidence_lifts_the_file_that_names_the_report_throughout(rt: Any) -> None:
+    rt.retriever.fusion = FusionConfig(file_lexical_weight=0.0)
     off = _file_scores(rt, REPORT)
     rt.retriever.fusion = FusionConfig(file_lexical_weight=0.2)
     on = _file_scores(rt, REPORT)
@@ -130,7 +132,7 @@ def test_file_lexical_evidence_lifts_the_file_that_names_the_report_throughout(r
     assert max(on, key=on.__getitem__) == "bank/ledger.py"
     # a short question is left alone
     q = "where is the overdraft fee charged"
-    rt.retriever.fusion = FusionConfig()
+    rt.retriever.fusion = FusionConfig(file_lexical_weight=0.0)
     before = _file_scores(rt, q)
     rt.retriever.fusion = FusionConfig(file_lexical_weight=0.2)
     assert _file_scores(rt, q) == pytest.approx(before)
