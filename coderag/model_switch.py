@@ -42,11 +42,11 @@ from coderag.index.factory import (
     DEFAULT_MODEL,
     active_alias,
     model_collection,
-    model_from_collection,
     open_model_index,
     peek_state,
 )
 from coderag.index.payload import branch_state_prefix
+from coderag.model_active import active_model, active_spec, with_server
 from coderag.models_registry import ModelRegistry, ModelSpec, check_model_name
 from embeddings.options import ModelOptions
 
@@ -79,43 +79,6 @@ _PROBES = (
 
 
 # --- which model serves ----------------------------------------------------------------------
-
-
-def active_model(settings: Settings, home: VectorIndex | None = None) -> str:
-    """The model being served. Edge: the registry file's ``active``. Server: the model of the
-    collection the alias names (the alias is shared by every process, the file is not);
-    asked only once a model was added on this machine. No registry: ``default``."""
-    registry = ModelRegistry.of(settings)
-    if not registry.exists():
-        return DEFAULT_MODEL
-    if settings.resolved_backend != "server":
-        return registry.read().active
-    target = _with_server(settings, home, lambda idx: idx.alias_target(active_alias(settings)))
-    name = model_from_collection(settings, target)
-    if name is None:
-        raise ConfigError(
-            f"alias {active_alias(settings)!r} points at {target!r}, which is not a coderag "
-            "model collection; point it back with `coderag models switch`"
-        )
-    return name
-
-
-def active_spec(settings: Settings, home: VectorIndex | None = None) -> ModelSpec:
-    registry = ModelRegistry.of(settings)
-    return registry.spec(active_model(settings, home), settings)
-
-
-def _with_server(settings: Settings, home: VectorIndex | None, fn: Callable[[Any], Any]) -> Any:
-    """Run ``fn`` on a ServerIndex: ``home`` when it is one, else a short-lived client."""
-    from coderag.index.server import ServerIndex
-
-    if isinstance(home, ServerIndex):
-        return fn(home)
-    idx = open_model_index(settings, DEFAULT_MODEL)
-    try:
-        return fn(idx)
-    finally:
-        idx.close()
 
 
 # --- adding a model --------------------------------------------------------------------------
@@ -428,7 +391,7 @@ def _flip(settings: Settings, name: str, current: str, home: VectorIndex | None)
                 target.ensure(spec.dim)
             idx.point_alias(active_alias(settings), collection)
 
-        _with_server(settings, home, point)
+        with_server(settings, home, point)
         registry.set_active(name, previous=current)
     else:
         registry.set_active(name, expect=current)

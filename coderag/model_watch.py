@@ -1,7 +1,7 @@
 """How a running process (API, worker) learns of a model switch: it looks, once a second.
 
 A daemon thread started by :meth:`coderag.runtime.Runtime.warm_up` checks every
-``model_watch_seconds`` which model is active (:func:`coderag.model_switch.active_model`):
+``model_watch_seconds`` which model is active (:func:`coderag.model_active.active_model`):
 
 * Edge: one ``stat`` of the registry file; it is read again only when the stat changes
   (the switch replaces it whole, so a changed file is a complete one).
@@ -25,12 +25,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coderag.index.factory import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from coderag.runtime import Runtime, Serving
+    from coderag.index.base import VectorIndex
+    from coderag.settings import Settings
+
+
+class Followed(Protocol):
+    """What the watcher needs of the runtime it follows (:class:`coderag.runtime.Runtime`);
+    a protocol, so that this module, which the runtime starts, does not import it back."""
+
+    settings: Settings
+    home: VectorIndex
+
+    @property
+    def model(self) -> str: ...
+
+    def parked(self, model: str) -> Any: ...
+
+    def prepare(self, name: str) -> Any: ...
+
+    def swap(self, new: Any) -> Any: ...
+
+    def close_retired(self, *, now: float | None = None) -> int: ...
 
 __all__ = ["ModelWatcher"]
 
@@ -42,7 +62,7 @@ _REPEAT_LOG_S = 60.0
 class ModelWatcher:
     """Follows the active model for one runtime (see module docstring)."""
 
-    def __init__(self, runtime: Runtime, interval: float | None = None) -> None:
+    def __init__(self, runtime: Followed, interval: float | None = None) -> None:
         from coderag.models_registry import ModelRegistry
 
         self.runtime = runtime
@@ -79,7 +99,7 @@ class ModelWatcher:
         if self._server:
             if not self.registry.exists():
                 return DEFAULT_MODEL
-            from coderag.model_switch import active_model
+            from coderag.model_active import active_model
 
             return active_model(self.runtime.settings, self.runtime.home)
         sig = self.registry.signature()
@@ -94,32 +114,11 @@ class ModelWatcher:
         target = self.wanted()
         if target == self.runtime.model or self._stop.is_set():
             return False
-        bundle = self.runtime.parked(target) or self._build(target)
+        bundle = self.runtime.parked(target) or self.runtime.prepare(target)
         self.runtime.swap(bundle)
         self.swaps += 1
         self._last_error = None
         return True
-
-    def _build(self, name: str) -> Serving:
-        from coderag.models_registry import ModelRegistry
-        from coderag.runtime import _close_bundle, build_serving
-
-        settings = self.runtime.settings
-        spec = ModelRegistry.of(settings).spec(name, settings)
-        t0 = time.perf_counter()
-        bundle = build_serving(settings, spec, home=self.runtime.home)
-        try:
-            bundle.embedder.warm_up()
-            bundle.index.ensure(bundle.embedder.dim)
-        except BaseException:
-            if bundle.index is not self.runtime.home:
-                _close_bundle(bundle)
-            raise
-        log.info(
-            "model ready",
-            extra={"model": name, "warm_up_s": round(time.perf_counter() - t0, 3)},
-        )
-        return bundle
 
     def _report(self, exc: Exception) -> None:
         """Log a failure once a minute, not once a second."""

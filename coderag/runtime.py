@@ -141,6 +141,28 @@ class Runtime:
             _close_bundle(s)
         return len(due)
 
+    def prepare(self, name: str) -> Serving:
+        """The bundle of registered model ``name``, built beside the served one and warmed
+        (model loaded, index opened), ready for :meth:`swap`; nothing is left open if it
+        cannot be made ready."""
+        from coderag.models_registry import ModelRegistry
+
+        spec = ModelRegistry.of(self.settings).spec(name, self.settings)
+        t0 = time.perf_counter()
+        bundle = build_serving(self.settings, spec, home=self.home)
+        try:
+            bundle.embedder.warm_up()
+            bundle.index.ensure(bundle.embedder.dim)
+        except BaseException:
+            if bundle.index is not self.home:
+                _close_bundle(bundle)
+            raise
+        log.info(
+            "model ready",
+            extra={"model": name, "warm_up_s": round(time.perf_counter() - t0, 3)},
+        )
+        return bundle
+
     # --- lifecycle -------------------------------------------------------------------------------
     def warm_up(self) -> None:
         """Load the model and open the index: call once from a lifespan / worker init. Also
@@ -212,7 +234,7 @@ def build_runtime(
     home = index if index is not None else open_index(settings)
     follow = model is None
     if model is None:
-        from coderag.model_switch import active_spec
+        from coderag.model_active import active_spec
 
         model = active_spec(settings, home)
     return Runtime(settings, build_serving(settings, model, home=home), home, follow=follow)

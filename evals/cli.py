@@ -112,7 +112,7 @@ def _runtime(data_dir: Path | None, model: str | None) -> Iterator[Any]:
         with eval_runtime(base, data_dir=data_dir) as runtime:
             yield runtime
         return
-    from coderag.model_switch import active_model
+    from coderag.model_active import active_model
 
     name = model or active_model(base)
     spec = registry.spec(name, base)
