@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,11 +24,31 @@ from embeddings import Embedder, sparse_query
 from retriever.query import ParsedQuery, parse_query
 from retriever.roles import file_role, query_roles
 
-__all__ = ["FusionConfig", "Mode", "Retriever", "payload_to_hit", "record_to_hit"]
+__all__ = [
+    "CANDIDATE_FIELDS",
+    "FusionConfig",
+    "Mode",
+    "Retriever",
+    "payload_to_hit",
+    "record_to_hit",
+]
 
 log = logging.getLogger(__name__)
 Mode = Literal["hybrid", "dense", "lexical"]
 _MODES = ("hybrid", "dense", "lexical")
+
+LEXICAL_THREADS = 8
+"""Threads that run lexical searches beside the query embedding (one per request in flight;
+beyond that a request's lexical search waits for a free thread)."""
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+CANDIDATE_FIELDS = ("repo", "path", "symbol")
+"""The payload fields candidate lists carry: what fusion (symbol and path bonuses, a file's
+lexical evidence, the role penalty) and the per-file cap read. Everything else, the text
+above all, is read for the final results only (:meth:`Retriever._final`): at 100k chunks
+fetching 2 x 100 full payloads per query cost more than the search itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +145,10 @@ class Retriever:
         # the fusion (its floor for missing scores) the same whatever k a caller asks for.
         n_cand = min(1000, max(self.fusion.candidates, k if per_file >= k else 3 * k))
         scored = self._scores(pq, flt, mode, n_cand)
-        hits = [record_to_hit(r, s) for r, s in scored]
         if self._reranker_path:
-            hits = self._rerank(pq.text, hits[: max(3 * k, 30)])
-        return _diversify(hits, per_file, k)
+            hits = self._rerank(pq.text, self._complete(scored[: max(3 * k, 30)]))
+            return _diversify(hits, per_file, k)
+        return self._final(scored, per_file, k)
 
     def search_files(
         self, query: str, *, k: int = 10, mode: Mode = "hybrid", **filters: object
@@ -145,29 +166,90 @@ class Retriever:
         return [(h.path, h.score, h) for h in ranked[:k]]
 
     # -------------------------------------------------------------------------- internals
+    def _final(self, scored: list[tuple[ScoredRecord, float]], per_file: int, k: int) -> list[Hit]:
+        """The best ``k`` candidates, at most ``per_file`` per file, with their full payloads.
+
+        Candidates carry only :data:`CANDIDATE_FIELDS`; the text and the rest are read here
+        for the few that are answered. A point deleted between the search and this read
+        gives its place to the next candidate, as if the search had not seen it."""
+        counts: dict[tuple[str, str], int] = {}
+        out: list[Hit] = []
+        pos = 0
+        while len(out) < k and pos < len(scored):
+            batch: list[tuple[ScoredRecord, float, tuple[str, str]]] = []
+            while pos < len(scored) and len(out) + len(batch) < k:
+                rec, score = scored[pos]
+                pos += 1
+                key = _file_key(rec)
+                if counts.get(key, 0) >= per_file:
+                    continue
+                counts[key] = counts.get(key, 0) + 1
+                batch.append((rec, score, key))
+            full = self.index.retrieve([rec.id for rec, _, _ in batch]) if batch else {}
+            for rec, score, key in batch:
+                payload = full.get(rec.id)
+                if payload is None:
+                    counts[key] -= 1
+                    continue
+                out.append(payload_to_hit(rec.id, ChunkPayload.from_dict(payload), score))
+        return out
+
+    def _complete(self, scored: list[tuple[ScoredRecord, float]]) -> list[Hit]:
+        """Hits with full payloads for ``scored`` (in order; points gone since are dropped)."""
+        full = self.index.retrieve([rec.id for rec, _ in scored]) if scored else {}
+        return [
+            payload_to_hit(rec.id, ChunkPayload.from_dict(full[rec.id]), score)
+            for rec, score in scored
+            if rec.id in full
+        ]
+
     def _scores(
         self, pq: ParsedQuery, flt: SearchFilter, mode: Mode, n: int
     ) -> list[tuple[ScoredRecord, float]]:
         dense: list[ScoredRecord] = []
         lexical: list[ScoredRecord] = []
+        pending: Future[list[ScoredRecord]] | None = None
+        if mode == "hybrid":  # the lexical list needs no embedding: search it meanwhile
+            pending = self._pool().submit(self._lexical, pq, flt, mode, n)
         if mode in ("dense", "hybrid"):
             texts = [pq.text, *pq.segments] if self.fusion.dense_segments else [pq.text]
             vecs = self.embedder.embed_queries(texts)
-            dense = self.index.search_dense(vecs[0].tolist(), flt, n)
+            dense = self.index.search_dense(vecs[0].tolist(), flt, n, CANDIDATE_FIELDS)
             for vec in vecs[1:]:
-                dense = _best_of(dense, self.index.search_dense(vec.tolist(), flt, n))
-        if mode in ("lexical", "hybrid"):
-            sv = sparse_query(" ".join([pq.text, *pq.identifiers]))
-            if sv.indices:
-                n_lex = n
-                if mode == "hybrid" and self.fusion.file_lexical_weight * self._long_query(pq):
-                    n_lex = max(n, self.fusion.lexical_candidates_long)
-                lexical = self.index.search_sparse(sv, flt, n_lex)
+                more = self.index.search_dense(vec.tolist(), flt, n, CANDIDATE_FIELDS)
+                dense = _best_of(dense, more)
+        if pending is not None:
+            lexical = pending.result()
+        elif mode == "lexical":
+            lexical = self._lexical(pq, flt, mode, n)
         if mode == "dense":
             return [(r, r.score) for r in dense]
         if mode == "lexical":
             return [(r, r.score) for r in lexical]
         return self._fuse(pq, dense, lexical)
+
+    def _lexical(
+        self, pq: ParsedQuery, flt: SearchFilter, mode: Mode, n: int
+    ) -> list[ScoredRecord]:
+        sv = sparse_query(" ".join([pq.text, *pq.identifiers]))
+        if not sv.indices:
+            return []
+        n_lex = n
+        if mode == "hybrid" and self.fusion.file_lexical_weight * self._long_query(pq):
+            n_lex = max(n, self.fusion.lexical_candidates_long)
+        return self.index.search_sparse(sv, flt, n_lex, CANDIDATE_FIELDS)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """Threads for the lexical search of hybrid queries, which runs while the query is
+        embedded (both release the GIL). One pool for the process, created on first use:
+        retrievers are cheap to construct and must not each leave threads behind."""
+        global _EXECUTOR
+        with _EXECUTOR_LOCK:
+            if _EXECUTOR is None:
+                _EXECUTOR = ThreadPoolExecutor(
+                    max_workers=LEXICAL_THREADS, thread_name_prefix="coderag-lexical"
+                )
+            return _EXECUTOR
 
     def _fuse(
         self, pq: ParsedQuery, dense: list[ScoredRecord], lexical: list[ScoredRecord]
@@ -254,6 +336,11 @@ def _same_file(path: str, mentioned: str) -> bool:
     left file ranking unchanged and cost function-level MRR 3.4 points (links in reports
     point at files the fix does not touch)."""
     return path == mentioned or path.endswith("/" + mentioned)
+
+
+def _file_key(rec: ScoredRecord) -> tuple[str, str]:
+    """(repo, path) of a candidate, read as :meth:`ChunkPayload.from_dict` reads them."""
+    return str(rec.payload.get("repo", "")), str(rec.payload.get("path", ""))
 
 
 def _diversify(hits: list[Hit], per_file: int, k: int) -> list[Hit]:

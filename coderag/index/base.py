@@ -131,13 +131,29 @@ class VectorIndex(Protocol):
         """Exact number of points matching ``flt`` (``None``: all)."""
 
     def search_dense(
-        self, vector: Sequence[float], flt: SearchFilter, limit: int
+        self,
+        vector: Sequence[float],
+        flt: SearchFilter,
+        limit: int,
+        fields: Sequence[str] | None = None,
     ) -> list[ScoredRecord]:
-        """Best ``limit`` points by cosine similarity, best first, complete payloads."""
+        """Best ``limit`` points by cosine similarity, best first.
 
-    def search_sparse(self, vector: SparseVec, flt: SearchFilter, limit: int) -> list[ScoredRecord]:
+        ``fields=None``: complete payloads; otherwise only those payload fields (``()``: ids
+        and scores only). Candidate lists ask for the few fields fusion reads: reading and
+        converting a chunk's text is most of a payload's cost, and only the final results
+        need it (:meth:`retrieve` fetches theirs)."""
+
+    def search_sparse(
+        self,
+        vector: SparseVec,
+        flt: SearchFilter,
+        limit: int,
+        fields: Sequence[str] | None = None,
+    ) -> list[ScoredRecord]:
         """Sparse dot product with the IDF modifier applied by Qdrant (an empty vector
-        returns ``[]``). Only points sharing a term with ``vector`` can come back."""
+        returns ``[]``). Only points sharing a term with ``vector`` can come back.
+        ``fields`` as in :meth:`search_dense`."""
 
     def search_hybrid(
         self,

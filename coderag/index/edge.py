@@ -43,7 +43,9 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ from coderag.atomic import atomic_write
 from coderag.errors import ConfigError, IndexError_, IndexLockedError, InputError, translate
 from coderag.index._shared import RRF_K, Mode, QdrantIndexBase
 from coderag.index.base import DENSE, INDEXED_FIELDS, SPARSE, IndexPoint, ScoredRecord, SparseVec
+from coderag.index.edge_build import JOURNAL_MAX_POINTS, BuildAbandoned, HnswBuilder
 from coderag.index.filters import Depth, FilterPlan, Match
 
 __all__ = ["EdgeIndex", "edge_points", "read_state_file"]
@@ -66,10 +69,13 @@ class _Gate:
         self._cond = threading.Condition()
         self._active = 0
         self._closed = False
+        self._paused = False
 
     @contextlib.contextmanager
     def enter(self, what: str) -> Iterator[None]:
         with self._cond:
+            if self._paused:
+                self._cond.wait_for(lambda: not self._paused)
             if self._closed:
                 raise IndexError_(f"edge: {what}: the index is closed")
             self._active += 1
@@ -80,6 +86,19 @@ class _Gate:
                 self._active -= 1
                 if self._active == 0:
                     self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run the block with no call in flight (new ones wait until it ends): the swap of
+        the live shard. The caller must not be inside :meth:`enter` itself."""
+        with self._cond:
+            self._paused = True
+            try:
+                self._cond.wait_for(lambda: self._active == 0)
+                yield
+            finally:
+                self._paused = False
+                self._cond.notify_all()
 
     def close(self) -> bool:
         """Refuse new calls, wait for running ones. False if already closed."""
@@ -100,13 +119,25 @@ class EdgeIndex(QdrantIndexBase):
     """
 
     _name = "edge"
+    candidate_cache_size = 200_000
+    """One process owns the shard and writes only through this object: the candidate
+    field cache stays exact (~80 MB when full)."""
 
-    def __init__(self, path: Path, collection: str = "coderag") -> None:
+    def __init__(
+        self, path: Path, collection: str = "coderag", *, background_hnsw: bool = False
+    ) -> None:
         self.path = Path(path)
         self.collection = collection
-        self.shard_dir = self.path / collection
         self.state_file = self.path / f"{collection}.state.json"
+        self.active_file = self.path / f"{collection}.active"
         self.lock_file = self.path / "LOCK"
+        self.last_write = 0.0
+        """``time.monotonic()`` of the last write (the HNSW builder waits for a quiet spell)."""
+        self._live: str | None = None  # the live shard directory's name, once opened
+        self._journal: list[Any] | None = None  # writes made while an HNSW copy is built
+        self._journal_points = 0
+        self._journal_overflow = False
+        self._builder: HnswBuilder | None = HnswBuilder(self) if background_hnsw else None
         self._shard: qe.EdgeShard | None = None
         self._lock_fd: int | None = None
         self._state: dict[str, dict[str, Any]] | None = None
@@ -155,6 +186,31 @@ class EdgeIndex(QdrantIndexBase):
 
     # --- shard lifecycle --------------------------------------------------------------------
 
+    @property
+    def shard_dir(self) -> Path:
+        """The live shard's directory: ``<collection>``, or the ``<collection>.g<N>`` that the
+        last HNSW build swapped in (named by ``<collection>.active``)."""
+        return self.path / (self._live or self._active_name())
+
+    def _active_name(self) -> str:
+        try:
+            name = json.loads(self.active_file.read_text(encoding="utf-8")).get("dir")
+        except (OSError, ValueError, AttributeError):
+            return self.collection
+        return name if isinstance(name, str) and self._is_shard_name(name) else self.collection
+
+    def _is_shard_name(self, name: str) -> bool:
+        gen = name.removeprefix(f"{self.collection}.g")
+        return name == self.collection or (gen != name and gen.isdigit())
+
+    def _remove_stale(self, live: str) -> None:
+        """Directories of ours that are not the live shard: a build that did not finish, or
+        the shard a finished build replaced (a crash between the switch and the removal)."""
+        with contextlib.suppress(OSError):
+            for entry in self.path.iterdir():
+                if entry.name != live and self._is_shard_name(entry.name) and entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+
     def _config(self, dim: int) -> qe.EdgeConfig:
         return qe.EdgeConfig(
             vectors={DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
@@ -182,7 +238,8 @@ class EdgeIndex(QdrantIndexBase):
         """
         if dim <= 0:
             raise InputError(f"vector dimension must be positive, got {dim}")
-        with self._gate.enter("ensure"):
+        # the write lock before the gate, as in :meth:`_op` (see :meth:`_finish_build`)
+        with self._write_lock, self._gate.enter("ensure"):
             self._ensure(dim)
 
     def _ensure(self, dim: int) -> None:
@@ -195,7 +252,7 @@ class EdgeIndex(QdrantIndexBase):
                 if stored is not None and stored != dim:
                     raise self._dim_error(stored, dim)
             shard = self._shard
-        with self._write_lock, translate(IndexError_, "edge: create payload indexes"):
+        with translate(IndexError_, "edge: create payload indexes"):
             missing = [n for n in INDEXED_FIELDS if n not in shard.info().payload_schema]
             if not missing:
                 return
@@ -205,7 +262,7 @@ class EdgeIndex(QdrantIndexBase):
                     if name == "repo"
                     else qe.PayloadSchemaType.Keyword
                 )
-                shard.update(qe.UpdateOperation.create_field_index(name, schema))
+                self._apply(qe.UpdateOperation.create_field_index(name, schema))
             shard.flush()
 
     def _dim_error(self, stored: int | None, dim: int) -> ConfigError:
@@ -218,6 +275,10 @@ class EdgeIndex(QdrantIndexBase):
 
     def _open(self, dim: int | None) -> qe.EdgeShard:
         """Load the shard when data exists, else create it (``dim`` required to create)."""
+        self._live = self._active_name()
+        self._remove_stale(self._live)
+        if self._builder is not None:
+            self._builder.start()
         if self._shard_exists():
             stored = self._stored_dim()
             if dim is not None and stored is not None and stored != dim:
@@ -261,10 +322,13 @@ class EdgeIndex(QdrantIndexBase):
 
     @contextlib.contextmanager
     def _op(self, what: str, *, write: bool = False) -> Iterator[None]:
-        with self._gate.enter(what):
+        # A writer takes the write lock before entering the gate: the HNSW swap holds the
+        # write lock and then waits for the gate to drain, which a writer queued inside
+        # the gate would never let happen.
+        lock = self._write_lock if write else contextlib.nullcontext()
+        with lock, self._gate.enter(what):
             self._get_shard()
-            lock = self._write_lock if write else contextlib.nullcontext()
-            with lock, translate(IndexError_, f"edge: {what}"):
+            with translate(IndexError_, f"edge: {what}"):
                 yield
 
     def flush(self) -> None:
@@ -283,7 +347,10 @@ class EdgeIndex(QdrantIndexBase):
             return bool(self._get_shard().optimize())
 
     def close(self) -> None:
-        """Flush, close the shard and release the process lock. Idempotent."""
+        """Flush, close the shard and release the process lock. Idempotent. A background
+        HNSW build in progress is abandoned (its copy removed on the next open)."""
+        if self._builder is not None:
+            self._builder.stop()
         if not self._gate.close():
             return
         try:
@@ -297,10 +364,98 @@ class EdgeIndex(QdrantIndexBase):
         finally:
             self._release()
 
+    # --- HNSW off the request path (coderag.index.edge_build) -------------------------------
+
+    def _apply(self, op: Any, points: int = 0) -> None:
+        """Apply one write to the live shard (caller holds the write lock) and, while an
+        HNSW copy is being built, journal it for the copy."""
+        self._get_shard().update(op)
+        self.last_write = time.monotonic()
+        if self._journal is not None:
+            self._journal.append(op)
+            self._journal_points += points
+            if self._journal_points > JOURNAL_MAX_POINTS:
+                self._journal, self._journal_overflow = None, True
+
+    def unindexed_points(self) -> int:
+        """Points whose dense vector has no HNSW graph yet (searched by a scan).
+
+        From the shard's counters: every point's sparse vector counts as indexed, a dense
+        one only once a graph holds it; deleted points can skew it by a little."""
+        with self._op("info"):
+            info = self._get_shard().info()
+        return max(0, 2 * int(info.points_count) - int(info.indexed_vectors_count))
+
+    def build_hnsw(self, *, threads: int | None = None) -> dict[str, Any]:
+        """Build the HNSW graph now, off the request path (copy, child process, swap; see
+        :mod:`coderag.index.edge_build`): reads and writes go on meanwhile. Blocks the
+        calling thread only. Returns the build's report."""
+        builder = self._builder or HnswBuilder(self)
+        return builder.build_now(threads=threads)
+
+    @property
+    def hnsw_builder(self) -> HnswBuilder | None:
+        """The background builder (``background_hnsw=True``), for its last report."""
+        return self._builder
+
+    def _begin_build(self) -> Path:
+        """Copy the live shard for a build and start journalling writes (step 1)."""
+        with self._write_lock, self._gate.enter("hnsw copy"):
+            shard = self._get_shard()
+            live = self._live or self._active_name()
+            gen = live.removeprefix(f"{self.collection}.g")
+            target = self.path / f"{self.collection}.g{int(gen) + 1 if gen.isdigit() else 1}"
+            with translate(IndexError_, f"edge: copy the shard to {target}"):
+                shutil.rmtree(target, ignore_errors=True)
+                shard.flush()
+                shutil.copytree(self.path / live, target)
+            self._journal, self._journal_points, self._journal_overflow = [], 0, False
+            return target
+
+    def _finish_build(self, target: Path) -> dict[str, Any]:
+        """Load the built copy, replay the journal, make it the live shard (step 3)."""
+        t0 = time.perf_counter()
+        with translate(IndexError_, f"edge: load the built shard {target}"):
+            new = qe.EdgeShard.load(str(target))
+        load_s = time.perf_counter() - t0
+        try:
+            with self._write_lock:
+                if self._journal_overflow or self._journal is None:
+                    raise BuildAbandoned("too many writes during the build")
+                t1 = time.perf_counter()
+                replayed = self._journal_points
+                with translate(IndexError_, "edge: replay writes into the built shard"):
+                    for op in self._journal:
+                        new.update(op)
+                    new.flush()
+                atomic_write(self.active_file, json.dumps({"dir": target.name}))
+                with self._gate.paused():
+                    old, self._shard = self._shard, new
+                    old_name, self._live = self._live, target.name
+                    self._journal = None
+                swap_s = time.perf_counter() - t1
+        except BaseException:
+            with contextlib.suppress(Exception):
+                new.close()
+            raise
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close()
+        if old_name and old_name != target.name:
+            shutil.rmtree(self.path / old_name, ignore_errors=True)
+        return {"load_s": round(load_s, 3), "swap_s": round(swap_s, 3), "journal_points": replayed}
+
+    def _abort_build(self, target: Path) -> None:
+        """Forget a build: stop journalling, remove its copy (never the live shard)."""
+        with self._write_lock:
+            self._journal, self._journal_points, self._journal_overflow = None, 0, False
+            if target.name != (self._live or self._active_name()):
+                shutil.rmtree(target, ignore_errors=True)
+
     # --- primitives -------------------------------------------------------------------------
 
     def _p_upsert(self, points: Sequence[IndexPoint]) -> None:
-        self._get_shard().update(qe.UpdateOperation.upsert_points(edge_points(points)))
+        self._apply(qe.UpdateOperation.upsert_points(edge_points(points)), len(points))
 
     def _p_commit(self) -> None:
         self._get_shard().flush()
@@ -309,18 +464,20 @@ class EdgeIndex(QdrantIndexBase):
         # By filter, not by ids: set_payload by ids fails on the first missing id after
         # having applied the others; the filter form skips missing ids atomically.
         flt = qe.Filter(must=[qe.HasIdCondition(set(ids))])
-        self._get_shard().update(qe.UpdateOperation.set_payload_by_filter(flt, payload))
+        self._apply(qe.UpdateOperation.set_payload_by_filter(flt, payload), len(ids))
 
     def _p_delete_ids(self, ids: list[str]) -> None:
-        self._get_shard().update(qe.UpdateOperation.delete_points(list(ids)))
+        self._apply(qe.UpdateOperation.delete_points(list(ids)))
 
     def _p_delete_plan(self, plan: FilterPlan) -> None:
         flt = _edge_filter(plan)
         assert flt is not None  # delete_where refuses empty plans
-        self._get_shard().update(qe.UpdateOperation.delete_points_by_filter(flt))
+        self._apply(qe.UpdateOperation.delete_points_by_filter(flt))
 
-    def _p_retrieve(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        recs = self._get_shard().retrieve(list(ids), True, False)
+    def _p_retrieve(
+        self, ids: list[str], fields: list[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        recs = self._get_shard().retrieve(list(ids), _selector(fields), False)
         return {str(r.id): dict(r.payload or {}) for r in recs}
 
     def _p_count(self, plan: FilterPlan) -> int:
@@ -351,15 +508,17 @@ class EdgeIndex(QdrantIndexBase):
         plan: FilterPlan,
         limit: int,
         prefetch: int,
+        fields: list[str] | None = None,
     ) -> list[ScoredRecord]:
         flt = _edge_filter(plan)
+        with_payload = _selector(fields)
         if mode == "dense":
             assert dense is not None
             req = qe.QueryRequest(
                 limit=limit,
                 query=qe.Query.Nearest(dense, using=DENSE),
                 filter=flt,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vector=False,
             )
         elif mode == "sparse":
@@ -368,7 +527,7 @@ class EdgeIndex(QdrantIndexBase):
                 limit=limit,
                 query=qe.Query.Nearest(_sv(sparse), using=SPARSE),
                 filter=flt,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vector=False,
             )
         else:
@@ -390,7 +549,7 @@ class EdgeIndex(QdrantIndexBase):
                 # the stub types `query` as Fusion; the binding takes the nested Fusion.Rrf
                 query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
                 filter=flt,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vector=False,
             )
         hits = self._get_shard().query(req)
@@ -486,6 +645,13 @@ def edge_points(points: Sequence[IndexPoint]) -> list[qe.Point]:
     ]
 
 
+def _selector(fields: list[str] | None) -> Any:
+    """``with_payload`` for ``fields``: all (``None``), none (``[]``), or just those."""
+    if fields is None:
+        return True
+    return qe.PayloadSelector.Include(list(fields)) if fields else False
+
+
 def _sv(v: SparseVec) -> qe.SparseVector:
     return qe.SparseVector(list(v.indices), [float(x) for x in v.values])
 
@@ -515,5 +681,3 @@ def _read_pid(fd: int) -> int | None:
         return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
     except (OSError, ValueError):
         return None
-
-

@@ -46,7 +46,8 @@ def open_index(settings: Settings) -> VectorIndex:
         return ServerIndex(url=settings.qdrant_url, api_key=key, collection=settings.collection)
     from coderag.index.edge import EdgeIndex
 
-    return EdgeIndex(settings.index_dir, collection=settings.collection)
+    # The service's shard builds its HNSW graph in the background (coderag.index.edge_build).
+    return EdgeIndex(settings.index_dir, collection=settings.collection, background_hnsw=True)
 
 
 def model_collection(settings: Settings, model: str) -> str:
@@ -91,7 +92,9 @@ def open_model_index(
         return ServerIndex(url=settings.qdrant_url, api_key=key, collection=name)
     from coderag.index.edge import EdgeIndex
 
-    return EdgeIndex(model_index_dir(settings, model), collection=settings.collection)
+    return EdgeIndex(
+        model_index_dir(settings, model), collection=settings.collection, background_hnsw=True
+    )
 
 
 def peek_state(

@@ -255,8 +255,13 @@ class ServerIndex(QdrantIndexBase):
         sel = qm.FilterSelector(filter=flt)
         self.client.delete(self.collection, points_selector=sel, wait=True)
 
-    def _p_retrieve(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        recs = self.client.retrieve(self.collection, ids, with_payload=True, with_vectors=False)
+    def _p_retrieve(
+        self, ids: list[str], fields: list[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        with_payload: bool | list[str] = True if fields is None else (list(fields) or False)
+        recs = self.client.retrieve(
+            self.collection, ids, with_payload=with_payload, with_vectors=False
+        )
         return {str(r.id): dict(r.payload or {}) for r in recs}
 
     def _p_count(self, plan: FilterPlan) -> int:
@@ -284,8 +289,10 @@ class ServerIndex(QdrantIndexBase):
         plan: FilterPlan,
         limit: int,
         prefetch: int,
+        fields: list[str] | None = None,
     ) -> list[ScoredRecord]:
         flt = _qm_filter(plan)
+        with_payload: bool | list[str] = True if fields is None else (list(fields) or False)
         if mode == "dense":
             res = self.client.query_points(
                 self.collection,
@@ -293,7 +300,7 @@ class ServerIndex(QdrantIndexBase):
                 using=DENSE,
                 query_filter=flt,
                 limit=limit,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vectors=False,
             )
         elif mode == "sparse":
@@ -304,7 +311,7 @@ class ServerIndex(QdrantIndexBase):
                 using=SPARSE,
                 query_filter=flt,
                 limit=limit,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vectors=False,
             )
         else:
@@ -318,7 +325,7 @@ class ServerIndex(QdrantIndexBase):
                 query=qm.RrfQuery(rrf=qm.Rrf(k=RRF_K)),
                 query_filter=flt,
                 limit=limit,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vectors=False,
             )
         return [ScoredRecord(str(p.id), float(p.score), dict(p.payload or {})) for p in res.points]

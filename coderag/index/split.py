@@ -59,12 +59,22 @@ class SplitStateIndex:
         return self.points.count(flt)
 
     def search_dense(
-        self, vector: Sequence[float], flt: SearchFilter, limit: int
+        self,
+        vector: Sequence[float],
+        flt: SearchFilter,
+        limit: int,
+        fields: Sequence[str] | None = None,
     ) -> list[ScoredRecord]:
-        return self.points.search_dense(vector, flt, limit)
+        return self.points.search_dense(vector, flt, limit, fields)
 
-    def search_sparse(self, vector: SparseVec, flt: SearchFilter, limit: int) -> list[ScoredRecord]:
-        return self.points.search_sparse(vector, flt, limit)
+    def search_sparse(
+        self,
+        vector: SparseVec,
+        flt: SearchFilter,
+        limit: int,
+        fields: Sequence[str] | None = None,
+    ) -> list[ScoredRecord]:
+        return self.points.search_sparse(vector, flt, limit, fields)
 
     def search_hybrid(
         self,
