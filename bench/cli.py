@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from bench.gpu import bench_gpu
+from bench.scale import bench_scale
 from bench.search_load import bench_search_load
 from bench.serve import bench_serve
 from bench.webhooks import bench_webhooks
@@ -77,6 +79,46 @@ def bench_embeddings(
     print(json.dumps(out, indent=2))
 
 
+@bench_app.command("precision")
+def bench_precision(
+    source: Annotated[list[Path], typer.Option("--source", help="Source dir (repeatable).")],
+    cosqa: Annotated[
+        Path | None,
+        typer.Option(help="CoSQA dev (BEIR layout) for MRR; without it speed and cosine only."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Code windows timed.")] = 600,
+    queries: Annotated[int | None, typer.Option(help="CoSQA queries (default: all).")] = None,
+    rounds: Annotated[int, typer.Option(help="Timed rounds per variant (median kept).")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Texts per embedding batch.")] = 32,
+    mrr_tolerance: Annotated[
+        float, typer.Option(help="MRR points a faster precision may lose.")
+    ] = 0.3,
+    write_verdict: Annotated[
+        bool, typer.Option(help="Store the pick where precision auto reads it.")
+    ] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Local model dir (default: bundled MiniLM).")
+    ] = None,
+) -> None:
+    """torch fp32, OpenVINO fp32, bf16 and int8 on this CPU: chunks/s, cosine, CoSQA MRR."""
+    from bench.precision import bench_precision as run
+    from coderag.settings import Settings
+
+    out = run(
+        source,
+        cosqa,
+        limit=limit,
+        queries=queries,
+        rounds=rounds,
+        batch_size=batch_size,
+        mrr_tolerance=mrr_tolerance,
+        models_dir=Settings().models_dir,
+        write=write_verdict,
+        model=model,
+    )
+    print(json.dumps(out, indent=2))
+
+
 @bench_app.command("vector-index")
 def bench_vector_index(
     backend: Annotated[Backend, typer.Option(help="Index backend.")] = Backend.edge,
@@ -108,3 +150,5 @@ def bench_secrets(
 bench_app.command("serve")(bench_serve)
 bench_app.command("webhooks")(bench_webhooks)
 bench_app.command("search-load")(bench_search_load)
+bench_app.command("scale")(bench_scale)
+bench_app.command("gpu")(bench_gpu)

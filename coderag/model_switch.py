@@ -218,17 +218,22 @@ class ShadowCheck:
         return not self.problems and not self.extra
 
 
-def expected_fingerprint(settings: Settings, spec: ModelSpec) -> str:
+def expected_fingerprint(
+    settings: Settings, spec: ModelSpec, home: VectorIndex | None = None
+) -> str:
     """The fingerprint the indexer would write for ``spec`` now (model files and options,
-    chunk budget, secret rules, chunker version). Loads the tokenizer only."""
+    precision, chunk budget, secret rules, chunker version). Loads the tokenizer only.
+    ``home``: this process's open home index, reused rather than opened twice (the precision
+    under ``auto`` is read from the index, see :mod:`indexer.precision_guard`)."""
     from coderag.runtime import build_serving
 
-    idx = open_model_index(settings, spec.name)
+    idx = open_model_index(settings, spec.name, home)
     try:
         serving = build_serving(settings, spec, index=idx)
         return serving.indexer.fingerprint()
     finally:
-        idx.close()
+        if home is None:  # ours to close; a sibling of home shares its client
+            idx.close()
 
 
 def check_shadow(
@@ -245,7 +250,7 @@ def check_shadow(
     check = ShadowCheck(name, active, len(served))
     if name == active:
         return check
-    fp = expected_fingerprint(settings, spec)
+    fp = expected_fingerprint(settings, spec, home)
     built = peek_state(settings, name, _BRANCH, home)
     for key, st in sorted(served.items()):
         label = f"{st.get('repo')}@{st.get('branch')}"
@@ -254,8 +259,8 @@ def check_shadow(
             (check.behind if allow_behind else check.problems).append(f"{label}: not built")
         elif mine.get("fingerprint") != fp:
             check.problems.append(
-                f"{label}: written with another model, options or chunker version "
-                "(run `coderag models build` again)"
+                f"{label}: written with another model, options, precision or chunker version "
+                f"({mine.get('fingerprint')}, expected {fp}; run `coderag models build` again)"
             )
         elif mine.get("commit") != st.get("commit"):
             where = f"at {str(mine.get('commit'))[:12]}, served at {str(st.get('commit'))[:12]}"

@@ -27,6 +27,7 @@ from coderag.index.factory import DEFAULT_MODEL, open_index, open_model_index
 from coderag.models_registry import ModelSpec
 from coderag.settings import Settings
 from embeddings import Embedder
+from indexer.precision_guard import aligned_precision
 from indexer.service import IndexService
 from retriever.search import Retriever
 
@@ -260,6 +261,9 @@ def build_serving(
 
             own = SplitStateIndex(own, home)
         index = own
+    # Under precision auto, load the precision this index already holds (read at load).
+    store = index
+    embedder.align_precision(lambda: aligned_precision(store, embedder.base_id))
     max_tokens = min(settings.chunk_max_tokens, embedder_max_tokens(embedder))
     chunker = FileChunker(
         count_tokens=_token_counter(embedder),

@@ -63,7 +63,15 @@ class Settings(BaseSettings):
     embedding_backend: Literal["auto", "torch", "onnx", "openvino"] = "auto"
     """``auto``: torch on CUDA, otherwise the fastest CPU backend that keeps the vectors."""
     embedding_device: Literal["auto", "cpu", "cuda"] = "auto"
+    embedding_precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
+    """``auto``: fp16 on CUDA; on the CPU the pick of ``coderag bench precision`` when it was
+    measured on a CPU like this one, else bf16 where the CPU runs it natively, else fp32.
+    Part of the model id, so of the index fingerprint: pin one value for a whole fleet of
+    mixed CPUs (a worker refuses to write a branch stored in another precision)."""
     embedding_batch_size: int = Field(default=32, ge=1, le=4096)
+    embedding_cuda_batch_size: int = Field(default=256, ge=1, le=8192)
+    """Texts per batch when the model runs on a GPU (length-sorted, so padding stays small;
+    batches of 32 leave a GPU mostly idle)."""
     embedding_cache: bool = True
     embedding_cache_dir: Path | None = None
     """Override of ``data_dir/cache`` (e.g. one cache shared by many eval data dirs)."""

@@ -21,6 +21,7 @@ import time
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from embeddings.backends import (
     offline_hub,
     resolve_model,
 )
+from embeddings.backends.load import plan
+from embeddings.backends.precision import PRECISIONS, can_run, precision_tag
 from embeddings.cache import EmbeddingCache, text_key
 from embeddings.gate import InferenceGate
 from embeddings.options import ModelOptions
@@ -79,6 +82,9 @@ class Embedder:
         *,
         query_cache_size: int = 2048,
         options: ModelOptions | None = None,
+        precision: str = "auto",
+        cuda_batch_size: int = 256,
+        pipeline: bool | None = None,
     ) -> None:
         self.options = options if options is not None else ModelOptions()
         if backend not in ("auto", *BACKENDS):
@@ -87,13 +93,27 @@ class Embedder:
             )
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown embedding device {device!r} (auto, cpu, cuda)")
-        if batch_size < 1:
-            raise ConfigError("embedding batch_size must be >= 1")
+        if batch_size < 1 or cuda_batch_size < 1:
+            raise ConfigError("embedding batch sizes must be >= 1")
         self._source: ModelSource | None = None
         self._model_arg = model
         self._requested_backend = self.options.backend_for(backend)
         self._requested_device = device
+        # A model's own precision option wins over the process-wide setting.
+        self._requested_precision = (
+            self.options.precision if self.options.precision != "auto" else precision
+        )
+        if self._requested_precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown embedding precision {precision!r} ({', '.join(PRECISIONS)})"
+            )
+        self._align: Callable[[], str | None] | None = None
         self.batch_size = batch_size
+        self.cuda_batch_size = cuda_batch_size
+        """Texts per batch on a GPU: a batch of 32 leaves most of one idle (launch-bound)."""
+        self.pipeline = pipeline
+        """Tokenise the next batch on another thread while the model runs this one (``None``:
+        on CUDA only; on a CPU both steps compete for the same cores)."""
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._models_dir = Path(models_dir) if models_dir is not None else None
         self._models_dir_is_tmp = False
@@ -127,6 +147,8 @@ class Embedder:
             backend=settings.embedding_backend,
             device=settings.embedding_device,
             batch_size=settings.embedding_batch_size,
+            cuda_batch_size=settings.embedding_cuda_batch_size,
+            precision=settings.embedding_precision,
             cache_dir=settings.cache_dir if settings.embedding_cache else None,
             models_dir=settings.models_dir,
         )
@@ -159,13 +181,65 @@ class Embedder:
     def model_id(self) -> str:
         """``<name>@<sha256 of the model files, 16 hex>``: cache keys and index state depend on
         it, so it changes exactly when the weights or tokenizer do, not when a path does.
-        Options that change vectors (prefixes, pooling, length, precision) add
-        ``+<8 hex>`` (:meth:`ModelOptions.id_suffix`); the defaults add nothing."""
+        Options that change vectors (prefixes, pooling, length) add ``+<8 hex>``
+        (:meth:`ModelOptions.id_suffix`); a precision other than fp32 adds ``~bf16`` (or
+        ``~int8``, ``~fp16``): the one loaded, or before loading the one that will be."""
         if self._model_id is None:
             with self._load_lock:
                 if self._model_id is None:
-                    self._model_id = self._weights() + self.options.id_suffix()
+                    model_id = self.base_id + precision_tag(self.precision)
+                    if self._loaded is None:
+                        return model_id  # planned: fixed once loaded (a fallback changes it)
+                    self._model_id = model_id
         return self._model_id
+
+    def align_precision(self, stored: Callable[[], str | None]) -> None:
+        """Under ``auto``, load the precision the index already holds (``stored()``, read when
+        the model loads) when this machine runs it: an upgrade or a new CPU never starts
+        mixing precisions in an existing index. An explicit precision is never overridden
+        (the indexer refuses to mix instead)."""
+        self._align = stored
+
+    def _precision_to_load(self) -> str:
+        requested = self._requested_precision
+        if requested != "auto" or self._align is None:
+            return requested
+        stored = self._align()
+        if stored is None:
+            return requested
+        _, device, _ = plan(
+            self._requested_backend, self._requested_device, "auto", self._models_dir, "-"
+        )
+        if can_run(stored, device):
+            return stored
+        log.warning(
+            "the index holds %s vectors of this model, which this machine does not run "
+            "natively: writes will be refused until embedding_precision is set",
+            stored,
+        )
+        return requested
+
+    @property
+    def base_id(self) -> str:
+        """The model id without its precision tag: the same model in any precision."""
+        return self._weights() + self.options.id_suffix()
+
+    @property
+    def precision(self) -> str:
+        """fp32, fp16, bf16 or int8: as loaded, or before loading as it will be chosen."""
+        if self._loaded is not None:
+            return str(self._loaded.info.get("precision", "fp32"))
+        if self.options.trust_remote_code:
+            req = self._requested_precision
+            return req if req in ("fp16", "bf16") else "fp32"
+        _, _, precision = plan(
+            self._requested_backend,
+            self._requested_device,
+            self._precision_to_load(),
+            self._models_dir,
+            self._weights(),
+        )
+        return precision
 
     def _weights(self) -> str:
         """The id of the files alone: exports depend on the weights, not on the options."""
@@ -191,7 +265,9 @@ class Embedder:
             if self.options.max_seq_length is not None:
                 self._check_length(self.options.max_seq_length)
             if self.options.trust_remote_code:
-                loaded = _load_trusted(self.source, self._requested_device)
+                loaded = _load_trusted(
+                    self.source, self._requested_device, self._requested_precision
+                )
             else:
                 loaded = load_model(
                     self.source,
@@ -199,15 +275,18 @@ class Embedder:
                     self._requested_backend,
                     self._requested_device,
                     self.models_dir,
+                    self._precision_to_load(),
                 )
             self.options.apply(loaded)
             self._max_seq_length = loaded.max_seq_length
+            self._model_id = None  # re-read with the precision actually loaded
             self._loaded = loaded
             log.info(
-                "embedding model %s ready: backend=%s device=%s dim=%d in %.1fs",
+                "embedding model %s ready: backend=%s device=%s precision=%s dim=%d in %.1fs",
                 self.model_id,
                 loaded.backend,
                 loaded.device,
+                self.precision,
                 loaded.dim,
                 time.perf_counter() - t0,
             )
@@ -424,22 +503,57 @@ class Embedder:
         limit = model.max_seq_length
         lengths = [min(n, limit) for n in self.count_tokens(texts)]
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch = [texts[i] for i in idx]
-            t0 = time.perf_counter()
-            with self._gate.turn(query=query):  # per batch: a query waits one batch at most
+        size = self.cuda_batch_size if model.device == "cuda" else self.batch_size
+        batches = [order[lo : lo + size] for lo in range(0, len(order), size)]
+        enc = model.encoder
+        prepare = getattr(enc, "prepare", None)
+        run = getattr(enc, "run", None)
+        pipelined = (model.device == "cuda") if self.pipeline is None else self.pipeline
+        if not (pipelined and prepare and run and len(batches) > 1):
+            for idx in batches:
+                self._run_batch(model, idx, lambda b: enc.encode(b), texts, tags, on_batch, query)
+            return len(texts)
+        # Batch i+1 is tokenised on the pool's thread while the device runs batch i.
+        with ThreadPoolExecutor(1, thread_name_prefix="coderag-tokenize") as pool:
+            ahead = pool.submit(prepare, [texts[i] for i in batches[0]])
+            for n, idx in enumerate(batches):
                 try:
-                    vecs = model.encoder.encode(batch)
+                    features = ahead.result()
                 except Exception as exc:
                     raise EmbeddingError(
-                        f"embedding {len(batch)} texts with {model.backend} failed: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"tokenising {len(idx)} texts failed: {type(exc).__name__}: {exc}"
                     ) from exc
-            with self._stats_lock:
-                self.stats.seconds += time.perf_counter() - t0
-            on_batch([tags[i] for i in idx], vecs)
+                if n + 1 < len(batches):
+                    ahead = pool.submit(prepare, [texts[i] for i in batches[n + 1]])
+                self._run_batch(
+                    model, idx, lambda _b, f=features: run(f), texts, tags, on_batch, query
+                )
         return len(texts)
+
+    def _run_batch(
+        self,
+        model: LoadedModel,
+        idx: list[int],
+        infer: Callable[[list[str]], np.ndarray],
+        texts: list[str],
+        tags: list[Any],
+        on_batch: Callable[[list[Any], np.ndarray], None],
+        query: bool,
+    ) -> None:
+        """One batch through the model under the inference gate, timed, handed on."""
+        batch = [texts[i] for i in idx]
+        t0 = time.perf_counter()
+        with self._gate.turn(query=query):  # per batch: a query waits one batch at most
+            try:
+                vecs = infer(batch)
+            except Exception as exc:
+                raise EmbeddingError(
+                    f"embedding {len(batch)} texts with {model.backend} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        with self._stats_lock:
+            self.stats.seconds += time.perf_counter() - t0
+        on_batch([tags[i] for i in idx], vecs)
 
     def _cache_get(self, cache: EmbeddingCache, keys: list[bytes]) -> list[np.ndarray | None]:
         try:
@@ -476,7 +590,7 @@ def _errors_counted(kind: str) -> Iterator[None]:
         raise
 
 
-def _load_trusted(src: ModelSource, device: str) -> LoadedModel:
+def _load_trusted(src: ModelSource, device: str, precision: str = "auto") -> LoadedModel:
     """A model whose modeling code ships in its directory, on torch (no export: the code is
     the model's, not the exporters'). The hub stays off: code named in another hub repo
     (``org/repo--file.Class`` in ``auto_map``) fails to load instead of being fetched."""
@@ -492,6 +606,11 @@ def _load_trusted(src: ModelSource, device: str) -> LoadedModel:
         encoder = STEncoder(st)
         dim = int(encoder.encode(PROBE_TEXTS[:1]).shape[1])
     info = {"precision": "fp32", "trust_remote_code": True}
+    if precision in ("fp16", "bf16"):  # asked for explicitly: torch casts the whole model
+        import torch
+
+        st.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+        info["precision"] = precision
     return LoadedModel(encoder, "torch", dev, dim, int(st.max_seq_length), info)
 
 

@@ -29,9 +29,9 @@ __all__ = ["POOLINGS", "PRECISIONS", "ModelOptions"]
 POOLINGS = ("mean", "cls", "lasttoken", "max")
 """Pooling modes sentence-transformers' ``Pooling`` module implements (its POOLING_MODES,
 minus the rarely used weighted variants)."""
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-"""``auto``: the backend's own choice (fp16 on CUDA when it keeps the vectors, else fp32).
-``fp16`` / ``bf16`` need the torch backend: ONNX Runtime and OpenVINO are pinned to fp32."""
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+"""``auto``: the settings' ``embedding_precision`` (see :mod:`embeddings.backends.precision`).
+``fp16`` runs on torch (CUDA); ``bf16`` on OpenVINO (CPU) or torch; ``int8`` on OpenVINO."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,12 @@ class ModelOptions:
         return self == ModelOptions()
 
     def _vector_options(self) -> dict[str, Any]:
-        """The options that change vectors (running trusted code changes none by itself)."""
+        """The options that change vectors (running trusted code changes none by itself;
+        the precision has its own tag in the model id, ``~bf16``, since ``auto`` resolves
+        per machine)."""
         out = self.as_dict()
         out.pop("trust_remote_code")
+        out.pop("precision")
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -93,8 +96,8 @@ class ModelOptions:
         return "+" + hashlib.sha256(blob).hexdigest()[:8]
 
     def backend_for(self, requested: str) -> str:
-        """The backend to ask for: half precisions and trusted code exist only on torch."""
-        if self.precision not in ("fp16", "bf16") and not self.trust_remote_code:
+        """The backend to ask for: fp16 and trusted code exist only on torch."""
+        if self.precision != "fp16" and not self.trust_remote_code:
             return requested
         if requested == "auto":
             return "torch"
@@ -104,7 +107,8 @@ class ModelOptions:
         return requested
 
     def apply(self, loaded: LoadedModel) -> None:
-        """Put pooling, sequence length and precision onto a loaded model, in place.
+        """Put pooling and sequence length onto a loaded model, in place (the precision is
+        chosen when it loads).
 
         The encoders keep sentence-transformers' own modules (torch and OpenVINO run the whole
         ``SentenceTransformer``; ONNX Runtime runs the transformer and then the same Pooling
@@ -126,12 +130,6 @@ class ModelOptions:
             if hasattr(loaded.encoder, "max_len"):  # the ONNX encoder tokenises itself
                 loaded.encoder.max_len = self.max_seq_length
             loaded.max_seq_length = self.max_seq_length
-        if self.precision != "auto" and loaded.backend == "torch" and st is not None:
-            import torch
-
-            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-            st.to(dtype[self.precision])
-            loaded.info["precision"] = self.precision
 
 
 def _st_model(encoder: Any) -> Any:

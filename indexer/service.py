@@ -39,6 +39,7 @@ from coderag.metrics import CHUNKS_EMBEDDED, SECRETS_REDACTED
 from coderag.models import Chunk, SkippedFile
 from embeddings import Embedder, sparse_document
 from indexer.git import GitRepo
+from indexer.precision_guard import check_precision
 from indexer.sources import DirSource, GitSource, SourceFile
 
 __all__ = ["INDEX_FORMAT", "IndexReport", "IndexService", "ProgressFn"]
@@ -52,7 +53,6 @@ ProgressFn = Callable[[str, int, int], None]
 """progress(stage, done, total): stages are "read", "embed", "write"."""
 
 _GROUP_CHUNKS = 2048  # chunks embedded + written per group: bounds memory on huge repos
-
 
 
 @dataclass
@@ -168,6 +168,7 @@ class IndexService:
         sha = _resolve_commit(git, branch, commit) if git.is_repo() else None
         self.embedder.warm_up()
         self.store.ensure(self.embedder.dim)
+        check_precision(self.store, self.embedder.base_id, self.embedder.precision)
         key = branch_state_key(repo, branch)
         prev = self.store.get_state(key) or {}
         fp = self.fingerprint()
@@ -479,8 +480,6 @@ def _count_redactions(report: IndexReport, path: str, found: Sequence[Finding]) 
             "lines": sorted({f.line for f in found}),
         },
     )
-
-
 
 
 def _sparse_text(c: Chunk) -> str:

@@ -82,8 +82,12 @@ def test_order_preserved_across_length_sorted_batches(embedder: Embedder) -> Non
     texts = _texts(36)  # two batches of 32, lengths shuffled
     batch = embedder.embed_documents(texts)
     alone = np.stack([embedder.embed_queries([t])[0] for t in texts])
-    np.testing.assert_allclose(batch, alone, atol=2e-4)
-    assert np.all(np.sum(batch * alone, axis=1) > 0.9999)
+    # A text embedded in a batch and alone differs by padding only; under bf16 by up to 5e-4
+    # per dimension. What retrieval can see is the cosine: it stays >= 0.999 ...
+    sims = batch @ alone.T
+    assert np.all(np.diag(sims) >= 0.999), np.diag(sims).min()
+    # ... and each row is its own text, not a neighbour put back in the wrong place.
+    assert np.all(np.argmax(sims, axis=1) == np.arange(len(texts)))
 
 
 def test_identical_texts_identical_vectors(embedder: Embedder) -> None:
@@ -91,7 +95,7 @@ def test_identical_texts_identical_vectors(embedder: Embedder) -> None:
     v = embedder.embed_documents([t[0], t[1], t[0]])
     np.testing.assert_array_equal(v[0], v[2])
     q = embedder.embed_queries([t[0]])[0]
-    np.testing.assert_allclose(q, v[0], atol=2e-4)  # queries and documents: same model
+    assert float(q @ v[0]) >= 0.999  # queries and documents: same model
 
 
 def test_semantically_close_texts_are_closer(embedder: Embedder) -> None:
@@ -121,9 +125,15 @@ def test_cache_survives_a_new_embedder_and_is_keyed_by_model(
     texts = _texts(4)
     vecs = embedder.embed_documents(texts)
     assert embedder.cache_dir is not None
-    # Another process's view: a new embedder (plain torch, the quickest to load) on the
-    # same cache dir. The key is the model id, not the backend: backends keep the vectors.
-    reopened = Embedder(backend="torch", device="cpu", cache_dir=embedder.cache_dir)
+    # Another process's view: a new embedder on the same cache dir, in the same precision
+    # (the key is the model id, which carries the precision, not the backend).
+    reopened = Embedder(
+        backend="torch" if embedder.precision == "fp32" else embedder.backend,
+        precision=embedder.precision,
+        device="cpu",
+        cache_dir=embedder.cache_dir,
+        models_dir=embedder.models_dir,
+    )
     out = reopened.embed_documents(texts)
     assert reopened.stats.embedded == 0 and reopened.stats.cache_hits == 4
     np.testing.assert_array_equal(out, vecs)

@@ -43,7 +43,9 @@ def add(
     max_seq_length: Annotated[
         int | None, typer.Option(help="Override the tokens read per text.")
     ] = None,
-    precision: Annotated[str, typer.Option(help="auto | fp32 | fp16 | bf16 (torch).")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto | fp32 | bf16 | int8 (CPU, OpenVINO) | fp16 (CUDA).")
+    ] = "auto",
     trust_remote_code: Annotated[
         bool,
         typer.Option(help="Run the modeling code shipped in the directory (CodeRankEmbed)."),

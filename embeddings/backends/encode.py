@@ -1,7 +1,7 @@
 """Running a model: the encoders that turn a batch of texts into normalised vectors.
 
 * torch and OpenVINO: sentence-transformers' own ``encode`` (its ``backend="openvino"``
-  through optimum-intel), pinned to f32 on the CPU.
+  through optimum-intel), in the precision chosen for it (never the plugin's silent default).
 * ONNX Runtime: our own exported transformer; sentence-transformers tokenises and pools.
 """
 
@@ -23,8 +23,10 @@ __all__ = [
     "Encoder",
     "OnnxEncoder",
     "STEncoder",
+    "TorchEncoder",
     "load_st",
     "normalize",
+    "openvino_config",
     "quiet",
 ]
 
@@ -57,6 +59,49 @@ class STEncoder:
             show_progress_bar=False,
         )
         return normalize(np.asarray(out, dtype=np.float32))
+
+
+class TorchEncoder(STEncoder):
+    """sentence-transformers on torch, in two steps: :meth:`prepare` (tokenise, on the CPU)
+    and :meth:`run` (the model, on its device).
+
+    Why two: on a GPU the model runs a batch in milliseconds and tokenising the next one on
+    the same thread leaves the GPU idle meanwhile; with the steps apart the embedder
+    tokenises batch i+1 on another thread while the device runs batch i
+    (:meth:`embeddings.Embedder._encode_sorted`). ``encode`` is the two in a row, the same
+    forward pass as sentence-transformers' own ``encode`` (the token tensors are pinned on
+    CUDA so the copy to the GPU can overlap)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.cuda = str(getattr(model, "device", "cpu")).startswith("cuda")
+
+    def prepare(self, texts: Sequence[str]) -> dict[str, Any]:
+        import torch
+
+        pre = getattr(self.model, "preprocess", None) or self.model.tokenize
+        features = dict(pre(list(texts)))
+        if self.cuda:
+            features = {
+                k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in features.items()
+            }
+        return features
+
+    def run(self, features: dict[str, Any]) -> np.ndarray:
+        import torch
+
+        device = self.model.device
+        feats = {
+            k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in features.items()
+        }
+        with torch.inference_mode():
+            out = self.model(feats)["sentence_embedding"].float()
+            out = torch.nn.functional.normalize(out, p=2, dim=1)
+            return normalize(out.cpu().numpy())
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.run(self.prepare(texts))
 
 
 class OnnxEncoder:
@@ -100,13 +145,20 @@ class OnnxEncoder:
 
 
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-"""OpenVINO computes in bf16 on CPUs that have it (AVX512-BF16, AMX) unless told otherwise.
-Vectors must not depend on which CPU a worker or API replica landed on (documents embedded on
-one, queries on another), and under bf16 one text embedded in a batch and alone differed by
-up to 5e-4 per dimension, so inference precision is pinned to f32 everywhere."""
+"""OpenVINO computes in bf16 on CPUs that have it (AVX512-BF16, AMX) unless told otherwise, so
+the precision is always stated: the one coderag chose (see
+:mod:`embeddings.backends.precision`), which is also part of the model id. An int8 model runs
+its remaining float ops in f32 (measured faster than bf16 for them on a 2-core AMX box)."""
 
 
-def load_st(path: Path, device: str, backend: str = "torch", **kwargs: Any) -> Any:
+def openvino_config(precision: str) -> dict[str, str]:
+    """OpenVINO's CPU settings for a precision (``bf16`` is a runtime hint on the f32 model)."""
+    return {**OPENVINO_CONFIG, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+
+
+def load_st(
+    path: Path, device: str, backend: str = "torch", precision: str = "fp32", **kwargs: Any
+) -> Any:
     offline_hub()
     from sentence_transformers import SentenceTransformer
 
@@ -114,7 +166,7 @@ def load_st(path: Path, device: str, backend: str = "torch", **kwargs: Any) -> A
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import optimum.intel.openvino  # noqa: F401
-        kwargs.setdefault("model_kwargs", {"ov_config": OPENVINO_CONFIG})
+        kwargs.setdefault("model_kwargs", {"ov_config": openvino_config(precision)})
     with quiet():
         return SentenceTransformer(
             str(path), device=device, backend=backend, local_files_only=True, **kwargs

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -30,12 +31,15 @@ import embeddings.backends.check as check
 from embeddings.backends.encode import Encoder, OnnxEncoder, STEncoder, load_st, quiet
 from embeddings.backends.source import ModelSource, atomic_write
 
-__all__ = ["EXPORT_FORMAT", "export", "export_dir", "export_lock", "open_exported"]
+__all__ = ["EXPORT_FORMAT", "INT8", "export", "export_dir", "export_lock", "open_exported"]
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = 1
 """Bump when the layout or the way of exporting changes: every cached export is redone."""
+INT8 = "openvino-int8"
+"""The export kind of an int8 model: the OpenVINO export, quantised by NNCF (its own cache
+directory, since its weights differ)."""
 
 
 def _versions(*dists: str) -> dict[str, str]:
@@ -52,6 +56,8 @@ def _toolchain(backend: str) -> dict[str, str]:
     common = ("torch", "transformers", "sentence-transformers")
     if backend == "openvino":
         return _versions(*common, "openvino", "optimum-intel", "optimum")
+    if backend == INT8:
+        return _versions(*common, "openvino", "optimum-intel", "optimum", "nncf")
     return _versions(*common, "onnx", "onnxscript", "onnxruntime")
 
 
@@ -83,15 +89,18 @@ def export_dir(models_dir: Path, model_id: str, backend: str) -> Path:
     return models_dir / re.sub(r"[^A-Za-z0-9._-]+", "_", model_id) / f"{backend}-{key[:12]}"
 
 
-def open_exported(src: ModelSource, backend: str, target: Path) -> tuple[Encoder, int]:
-    if backend == "openvino":
-        st = load_st(target / "model", "cpu", backend="openvino")
+def open_exported(
+    src: ModelSource, backend: str, target: Path, precision: str = "fp32"
+) -> tuple[Encoder, int]:
+    """Open an export; ``precision`` bf16 runs OpenVINO's f32 model in bf16 (a runtime hint)."""
+    if backend in ("openvino", INT8):
+        st = load_st(target / "model", "cpu", backend="openvino", precision=precision)
         return STEncoder(st), int(st.max_seq_length)
     st = load_st(src.path, "cpu")
     return OnnxEncoder(st, target / "model.onnx"), int(st.max_seq_length)
 
 
-def export(src: ModelSource, backend: str, target: Path) -> None:
+def export(src: ModelSource, backend: str, target: Path, precision: str = "fp32") -> None:
     """Export, check against torch, and publish ``target`` (with a manifest saying whether
     the backend keeps the vectors: a failed check is remembered, not retried every start)."""
     log.info("exporting %s to %s (once per model and toolchain)", src.path, backend)
@@ -104,17 +113,20 @@ def export(src: ModelSource, backend: str, target: Path) -> None:
         np.save(tmp / "probe_torch.npy", ref)
         try:
             with quiet():
-                if backend == "openvino":
+                if backend in ("openvino", INT8):
                     ov = load_st(src.path, "cpu", backend="openvino")
                     ov.save_pretrained(str(tmp / "model"))
                     del ov
+                    if backend == INT8:
+                        manifest["calibration"] = _quantize_int8(torch_st, tmp / "model")
                 else:
                     _export_onnx(torch_st, tmp / "model.onnx")
-            encoder, _ = open_exported(src, backend, tmp)
+            encoder, _ = open_exported(src, backend, tmp, precision)
             cos = check.min_cosine(ref, encoder.encode(check.PROBE_TEXTS))
-            manifest.update(ok=cos >= check.MIN_COSINE, probe_min_cosine=cos)
-            if cos < check.MIN_COSINE:
-                manifest["reason"] = f"probe cosine {cos:.5f} < {check.MIN_COSINE}"
+            floor = check.min_cosine_for(precision)
+            manifest.update(ok=cos >= floor, probe_min_cosine=cos, precision=precision)
+            if cos < floor:
+                manifest["reason"] = f"probe cosine {cos:.5f} < {floor} ({precision})"
         except Exception as exc:  # remembered in the manifest, logged on load
             manifest.update(ok=False, reason=f"{type(exc).__name__}: {exc}"[:2000])
         if not manifest["ok"]:  # keep only the verdict, not a model nobody may use
@@ -177,3 +189,42 @@ def _export_onnx(st_model: Any, out: Path) -> None:
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(out))
+
+
+def _quantize_int8(st_model: Any, model_dir: Path) -> dict[str, Any]:
+    """NNCF post-training static quantisation of the exported OpenVINO model, in place.
+
+    Calibrated on :func:`~embeddings.backends.calibration.calibration_texts` (code and prose
+    from the Python standard library: present offline on every machine, the same for a given
+    Python), tokenised as the model will see them. Transformer mode keeps softmax, layer norm
+    and GELU in float, which is what keeps the cosine near 0.995."""
+    import nncf
+    import openvino as ov
+
+    from embeddings.backends.calibration import calibration_texts
+
+    xml = next(model_dir.rglob("openvino_model.xml"))
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    names = [i.get_any_name() for i in model.inputs]
+    texts = calibration_texts()
+    tok = st_model.tokenizer
+    max_len = int(st_model.max_seq_length)
+    samples = []
+    for text in texts:
+        enc = tok([text], truncation=True, max_length=max_len, return_tensors="np")
+        samples.append({n: enc[n] for n in names if n in enc})
+    # NNCF's progress bars go to stdout: keep stdout for the commands' JSON.
+    with quiet(), contextlib.redirect_stdout(sys.stderr):
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(samples),
+        )
+    tmp_xml = xml.with_name("openvino_model.int8.xml")
+    ov.save_model(quantized, str(tmp_xml))
+    del model, quantized
+    os.replace(tmp_xml, xml)
+    os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
+    return {"texts": len(samples), "source": "python standard library"}

@@ -5,7 +5,9 @@ under OpenVINO than under eager torch fp32, with the same vectors. A backend tha
 check (at export or at load) is not used: the embedder falls back to torch and logs why.
 
 * torch: sentence-transformers as is; fp16 on CUDA (checked against fp32 like any backend).
-* openvino: sentence-transformers' own ``backend="openvino"`` (optimum-intel), fp32.
+* openvino: sentence-transformers' own ``backend="openvino"`` (optimum-intel), in fp32, bf16
+  (a runtime hint on the same export) or int8 (an NNCF-quantised export); ``auto`` chooses by
+  CPU (:mod:`embeddings.backends.precision`).
 * onnx: our own export (``torch.onnx.export``, dynamo) run by ONNX Runtime, because the
   optimum-onnx package that sentence-transformers' ONNX backend needs does not support
   transformers 5.
@@ -25,8 +27,9 @@ import numpy as np
 
 import embeddings.backends.check as check
 import embeddings.backends.export as export
+import embeddings.backends.precision as prec
 from coderag.errors import EmbeddingError, translate
-from embeddings.backends.encode import Encoder, STEncoder, load_st
+from embeddings.backends.encode import Encoder, TorchEncoder, load_st
 from embeddings.backends.source import ModelSource, check_source, offline_hub
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "LoadedModel",
     "available_backends",
     "load_model",
+    "plan",
     "resolve_device",
 ]
 
@@ -99,16 +103,11 @@ class LoadedModel:
     """How it came to be: export dir, exported now or cached, probe cosine, fallback reason."""
 
 
-def load_model(
-    src: ModelSource,
-    model_id: str,
-    backend: str,
-    device: str,
-    models_dir: Path,
-) -> LoadedModel:
-    """Load ``src`` for ``backend`` on ``device`` (both already resolved or ``auto``)."""
-    offline_hub()
-    check_source(src)
+def plan(
+    backend: str, device: str, precision: str, models_dir: Path | None, model_id: str
+) -> tuple[str, str, str]:
+    """``(backend, device, precision)`` as they will load, without loading anything: the
+    model id (cache keys, index fingerprint) carries the precision before the model exists."""
     if backend not in ("auto", *BACKENDS):
         raise EmbeddingError(f"unknown embedding backend {backend!r} (auto, torch, onnx, openvino)")
     device = resolve_device(device)
@@ -118,46 +117,74 @@ def load_model(
         raise EmbeddingError(
             f"embedding backend {backend} runs on CPU here; use backend torch (fp16) on CUDA"
         )
-    if backend == "torch":
-        return _load_torch(src, device)
     try:
-        return _load_exported(src, model_id, backend, models_dir)
+        precision = prec.resolve_precision(precision, backend, device, models_dir, model_id)
+    except ValueError as exc:
+        raise EmbeddingError(str(exc)) from exc
+    return backend, device, precision
+
+
+def load_model(
+    src: ModelSource,
+    model_id: str,
+    backend: str,
+    device: str,
+    models_dir: Path,
+    precision: str = "auto",
+) -> LoadedModel:
+    """Load ``src`` for ``backend`` on ``device`` in ``precision`` (each resolved or ``auto``)."""
+    offline_hub()
+    check_source(src)
+    backend, device, precision = plan(backend, device, precision, models_dir, model_id)
+    if backend == "torch":
+        return _load_torch(src, device, precision)
+    try:
+        return _load_exported(src, model_id, backend, models_dir, precision)
     except EmbeddingError:
         raise
     except Exception as exc:  # any backend failure: fall back, loudly
-        reason = f"{backend} backend failed: {type(exc).__name__}: {exc}"
+        reason = f"{backend} {precision} backend failed: {type(exc).__name__}: {exc}"
         log.warning("embedding backend %s unusable, falling back to torch: %s", backend, reason)
-        loaded = _load_torch(src, "cpu")
+        loaded = _load_torch(src, "cpu", "fp32")
         loaded.info.update(requested_backend=backend, fallback_reason=reason)
         return loaded
 
 
-def _load_torch(src: ModelSource, device: str) -> LoadedModel:
+def _load_torch(src: ModelSource, device: str, precision: str = "fp32") -> LoadedModel:
     with translate(EmbeddingError, f"loading embedding model {src.path}"):
         st = load_st(src.path, device)
-        enc = STEncoder(st)
-        # The probes are only needed as the fp32 reference for fp16; on CPU one text gives dim.
-        ref = enc.encode(check.PROBE_TEXTS if device == "cuda" else check.PROBE_TEXTS[:1])
+        enc = TorchEncoder(st)
         info: dict[str, Any] = {"precision": "fp32"}
-        if device == "cuda":
-            # fp16 doubles GPU throughput; keep it only if it keeps the vectors.
-            st.half()
-            cos = check.min_cosine(ref, enc.encode(check.PROBE_TEXTS))
-            info.update(precision="fp16", probe_min_cosine=cos)
-            if cos < check.MIN_COSINE:
-                log.warning("fp16 changes the vectors (cosine %.5f): staying in fp32", cos)
-                st.float()
-                info.update(precision="fp32", fallback_reason=f"fp16 cosine {cos:.5f}")
+        if precision == "fp32":  # one text gives the dimension
+            st.float()  # weights stored in half precision are still computed in fp32
+            ref = enc.encode(check.PROBE_TEXTS[:1])
+            return LoadedModel(
+                enc, "torch", device, int(ref.shape[1]), int(st.max_seq_length), info
+            )
+        import torch
+
+        # A half precision is kept only if it keeps the vectors (fp16 doubles GPU throughput).
+        ref = enc.encode(check.PROBE_TEXTS)
+        st.to({"fp16": torch.float16, "bf16": torch.bfloat16}[precision])
+        cos = check.min_cosine(ref, enc.encode(check.PROBE_TEXTS))
+        info.update(precision=precision, probe_min_cosine=cos)
+        if cos < check.min_cosine_for(precision):
+            log.warning("%s changes the vectors (cosine %.5f): staying in fp32", precision, cos)
+            st.float()
+            info.update(precision="fp32", fallback_reason=f"{precision} cosine {cos:.5f}")
     return LoadedModel(enc, "torch", device, int(ref.shape[1]), int(st.max_seq_length), info)
 
 
-def _load_exported(src: ModelSource, model_id: str, backend: str, models_dir: Path) -> LoadedModel:
-    target = export.export_dir(models_dir, model_id, backend)
+def _load_exported(
+    src: ModelSource, model_id: str, backend: str, models_dir: Path, precision: str
+) -> LoadedModel:
+    kind = export.INT8 if precision == "int8" else backend
+    target = export.export_dir(models_dir, model_id, kind)
     manifest_path = target / "manifest.json"
     exported_now = False
     with export.export_lock(target.parent):
         if not manifest_path.is_file():
-            export.export(src, backend, target)
+            export.export(src, kind, target, precision)
             exported_now = True
     manifest = json.loads(manifest_path.read_text())
     if not manifest.get("ok"):
@@ -176,13 +203,14 @@ def _load_exported(src: ModelSource, model_id: str, backend: str, models_dir: Pa
         )
         return loaded
     t0 = time.perf_counter()
-    encoder, max_len = export.open_exported(src, backend, target)
+    encoder, max_len = export.open_exported(src, kind, target, precision)
     # Every start: the backend must still reproduce the torch vectors stored at export.
     ref = np.load(target / "probe_torch.npy")
     cos = check.min_cosine(ref, encoder.encode(check.PROBE_TEXTS))
-    if cos < check.MIN_COSINE:
+    floor = check.min_cosine_for(precision)
+    if cos < floor:
         raise RuntimeError(
-            f"probe cosine {cos:.5f} < {check.MIN_COSINE} against stored torch vectors"
+            f"probe cosine {cos:.5f} < {floor} ({precision}) against stored torch vectors"
         )
     info = {
         "export_dir": str(target),
@@ -190,7 +218,7 @@ def _load_exported(src: ModelSource, model_id: str, backend: str, models_dir: Pa
         "export_seconds": manifest.get("export_seconds"),
         "load_seconds": round(time.perf_counter() - t0, 3),
         "probe_min_cosine": cos,
-        "precision": "fp32",
+        "precision": precision,
         "toolchain": manifest.get("toolchain"),
     }
     return LoadedModel(encoder, backend, "cpu", int(ref.shape[1]), max_len, info)
