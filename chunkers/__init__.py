@@ -28,7 +28,7 @@ __all__ = [
     "language_for_path",
 ]
 
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 2
 """Bump whenever a change here gives any file different chunks (boundaries, header, kinds,
 symbols, text): it is part of the index fingerprint (``IndexService.fingerprint``), so the
 next run of every branch is a full re-write instead of an incremental one that would mix old

@@ -1,10 +1,11 @@
 """What not to index, and why.
 
 Two stages, because they need different inputs: :class:`PathFilter` decides by path alone
-(vendored trees, build and cache directories, .gitignore, lock files, binary and minified file
-names), so the indexer can skip a blob without reading it; :func:`check_bytes` and
-:func:`check_text` decide by content (empty, too large, binary, minified, generated). Every
-skip carries a reason so that summaries can show what was left out instead of hiding it.
+(vendored trees, build and cache directories, .gitignore, lock files, translation catalogs,
+binary and minified file names), so the indexer can skip a blob without reading it;
+:func:`check_bytes` and :func:`check_text` decide by content (empty, too large, binary,
+minified, generated). Every skip carries a reason so that summaries can show what was left
+out instead of hiding it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "BINARY_EXTENSIONS",
     "IGNORED_DIRS",
     "LOCKFILES",
+    "TRANSLATION_EXTENSIONS",
     "VENDORED_DIRS",
     "PathFilter",
     "check_bytes",
@@ -201,6 +203,11 @@ BINARY_EXTENSIONS = frozenset(
 )
 """Extensions that are never text worth indexing; skipped without reading the blob."""
 
+TRANSLATION_EXTENSIONS = frozenset({".po", ".pot", ".mo"})
+"""gettext catalogs: the program's user-facing strings again, once per language (Sphinx
+ships 60 of them, about as many chunks as its whole Python source). Never the code a
+question is about, and their copies of the same words crowd lexical search."""
+
 _MINIFIED_SUFFIXES = (".min.js", ".min.mjs", ".min.css", "-min.js", ".bundle.js", ".chunk.js")
 _GENERATED_SUFFIXES = (".js.map", ".css.map", ".map", ".pb.go", "_pb2.py", "_pb2_grpc.py")
 
@@ -331,6 +338,8 @@ class PathFilter:
         dot = name.rfind(".")
         if dot > 0 and name[dot:] in BINARY_EXTENSIONS:
             return SkippedFile(path, "binary", f"{name[dot:]} file")
+        if (dot > 0 and name[dot:] in TRANSLATION_EXTENSIONS) or "LC_MESSAGES" in parts[:-1]:
+            return SkippedFile(path, "translation", "gettext translation catalog")
         if name.endswith(_MINIFIED_SUFFIXES):
             return SkippedFile(path, "minified", "minified file name")
         if name.endswith(_GENERATED_SUFFIXES):

@@ -71,7 +71,7 @@ class SkippedFile:
     """A file the chunker did not index, and why (shown in summaries, never silent)."""
 
     path: str
-    reason: str  # binary, too_large, minified, generated, vendored, ignored, lockfile, ...
+    reason: str  # binary, too_large, minified, generated, vendored, ignored, lockfile, translation
     detail: str = ""
 
 

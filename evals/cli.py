@@ -39,6 +39,10 @@ eval_app = typer.Typer(
 _err = Console(stderr=True)
 
 Mode = Annotated[str, typer.Option("--mode", help=f"Search mode: {' | '.join(MODES)}.")]
+_MODES_HELP = (
+    f"Search mode: {' | '.join(MODES)} (default hybrid). Repeat it to run several modes on "
+    'one index in one pass: the report is then {"modes": {MODE: report}}.'
+)
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the report to this file.")]
 PerQuery = Annotated[
     bool, typer.Option("--per-query", help="Add each query's ranking and scores to the report.")
@@ -157,7 +161,13 @@ def swebench_cmd(
         list[str] | None,
         typer.Option("--repo", help="owner/name=GITDIR, once per repository (repeatable)."),
     ] = None,
-    mode: Mode = "hybrid",
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mode",
+            help=_MODES_HELP,
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="First N instances of the file.")] = None,
     json_out: JsonOut = None,
     per_query: PerQuery = False,
@@ -167,13 +177,20 @@ def swebench_cmd(
     """Issue -> files (and functions) to change, each repository indexed at base_commit."""
     from evals.swebench import parse_repo_map, run_swebench
 
-    check_mode(mode)
+    modes = [check_mode(m) for m in (mode or ["hybrid"])]
     repo_dirs = parse_repo_map(repo or [])
     if not repo_dirs:
         _err.print("[yellow]no --repo given: every instance will be skipped[/yellow]")
     report = _run(
         lambda rt, pg: run_swebench(
-            rt, instances, repo_dirs, mode=mode, limit=limit, per_query=per_query, progress=pg
+            rt,
+            instances,
+            repo_dirs,
+            mode=modes[0],
+            modes=modes if len(modes) > 1 else None,
+            limit=limit,
+            per_query=per_query,
+            progress=pg,
         ),
         data_dir,
         model,

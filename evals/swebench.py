@@ -59,6 +59,7 @@ __all__ = [
     "rank_files",
     "rank_functions",
     "run_instances",
+    "run_instances_modes",
     "run_swebench",
     "symbol_matches",
 ]
@@ -244,10 +245,39 @@ def run_instances(
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Index each repository forward through its instances' base commits, query, score."""
-    check_mode(mode)
+    return run_instances_modes(
+        runtime,
+        instances,
+        repo_dirs,
+        dataset=dataset,
+        modes=[mode],
+        per_query=per_query,
+        progress=progress,
+    )[mode]
+
+
+def run_instances_modes(
+    runtime: Runtime,
+    instances: Sequence[Instance],
+    repo_dirs: Mapping[str, Path],
+    *,
+    dataset: str,
+    modes: Sequence[str],
+    per_query: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`run_instances` for several search modes in one pass: one report per mode.
+
+    Each base commit is indexed once and every mode queries that same index, so comparing
+    hybrid with its parts costs one indexing run instead of one per mode (on a large
+    repository indexing is nearly all of an eval's time). ``index_seconds`` in each report
+    is that shared indexing time."""
+    modes = list(dict.fromkeys(check_mode(m) for m in modes))
+    if not modes:
+        raise InputError("at least one search mode is needed")
     skipped: list[Skipped] = []
     ordered = _order(instances, repo_dirs, skipped)
-    results: list[QueryResult] = []
+    results: dict[str, list[QueryResult]] = {m: [] for m in modes}
     index_seconds = 0.0
     repos_seen: set[str] = set()
     for n, (inst, gitdir) in enumerate(ordered, 1):
@@ -256,44 +286,51 @@ def run_instances(
         )
         index_seconds += report.seconds
         repos_seen.add(inst.repo)
-        t0 = time.perf_counter()
-        hits = runtime.retriever.search(
-            inst.query,
-            repos=[inst.repo],
-            branch=EVAL_BRANCH,
-            k=SEARCH_K,
-            mode=mode,  # type: ignore[arg-type]
-            max_per_file=SEARCH_MAX_PER_FILE,
-        )
-        ms = (time.perf_counter() - t0) * 1000.0
-        files = rank_files(hits)
-        gold = list(inst.gold_files)
-        extra = {"repo": inst.repo, "base_commit": inst.base_commit, "index_mode": report.mode}
-        result = QueryResult(
-            inst.instance_id, files, gold, score_query(files, gold), ms, extra=extra
-        )
         fgold = function_gold(inst)
-        if fgold:
-            gold_paths = (g.partition("::")[0] for g in fgold)
-            franked = rank_functions(hits, fgold, _file_symbols(runtime, inst.repo, gold_paths))
-            result.function_ranked = franked
-            result.function_gold = fgold
-            result.function_metrics = score_query(franked, fgold)
-        results.append(result)
+        symbols: dict[str, set[str]] | None = None
+        for mode in modes:
+            t0 = time.perf_counter()
+            hits = runtime.retriever.search(
+                inst.query,
+                repos=[inst.repo],
+                branch=EVAL_BRANCH,
+                k=SEARCH_K,
+                mode=mode,  # type: ignore[arg-type]
+                max_per_file=SEARCH_MAX_PER_FILE,
+            )
+            ms = (time.perf_counter() - t0) * 1000.0
+            files = rank_files(hits)
+            gold = list(inst.gold_files)
+            extra = {"repo": inst.repo, "base_commit": inst.base_commit, "index_mode": report.mode}
+            result = QueryResult(
+                inst.instance_id, files, gold, score_query(files, gold), ms, extra=extra
+            )
+            if fgold:
+                if symbols is None:
+                    gold_paths = (g.partition("::")[0] for g in fgold)
+                    symbols = _file_symbols(runtime, inst.repo, gold_paths)
+                franked = rank_functions(hits, fgold, symbols)
+                result.function_ranked = franked
+                result.function_gold = fgold
+                result.function_metrics = score_query(franked, fgold)
+            results[mode].append(result)
         if progress:
             progress("query", n, len(ordered))
 
     chunks = runtime.index.count(SearchFilter(repos=sorted(repos_seen))) if repos_seen else 0
-    return build_report(
-        dataset=dataset,
-        mode=mode,
-        results=results,
-        skipped=skipped,
-        index_chunks=chunks,
-        index_seconds=index_seconds,
-        per_query=per_query,
-        function_level=True,
-    )
+    return {
+        mode: build_report(
+            dataset=dataset,
+            mode=mode,
+            results=results[mode],
+            skipped=skipped,
+            index_chunks=chunks,
+            index_seconds=index_seconds,
+            per_query=per_query,
+            function_level=True,
+        )
+        for mode in modes
+    }
 
 
 def dataset_name(instances_path: Path) -> str:
@@ -311,19 +348,26 @@ def run_swebench(
     limit: int | None = None,
     per_query: bool = False,
     progress: ProgressFn | None = None,
+    modes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Load ``instances.jsonl``, keep the first ``limit`` (file order), run them."""
+    """Load ``instances.jsonl``, keep the first ``limit`` (file order), run them.
+
+    With ``modes`` (several search modes), one pass for all: ``{"modes": {mode: report}}``.
+    """
     if limit is not None and limit < 1:
         raise InputError("limit must be at least 1")
     instances = load_instances(instances_path)
     if limit is not None:
         instances = instances[:limit]
-    return run_instances(
+    reports = run_instances_modes(
         runtime,
         instances,
         repo_dirs,
         dataset=dataset_name(Path(instances_path)),
-        mode=mode,
+        modes=list(modes) if modes else [mode],
         per_query=per_query,
         progress=progress,
     )
+    if not modes:
+        return reports[mode]
+    return {"dataset": dataset_name(Path(instances_path)), "modes": reports}

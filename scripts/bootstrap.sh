@@ -5,7 +5,8 @@
 #   bash scripts/bootstrap.sh          coderag itself (enough to index, search and serve)
 #   bash scripts/bootstrap.sh --tests  also what the test suite runs for real: the LiteLLM
 #                                      proxy in .venv-gateway, Prometheus and Chromium (Debian
-#                                      packages, needs root or sudo), code-server in .ide
+#                                      packages, needs root or sudo), code-server in .ide,
+#                                      the quality gate's Sphinx sources in .cache/benchmarks
 set -euo pipefail
 cd "$(dirname "$0")/.."
 with_tests=0
@@ -28,4 +29,5 @@ if [ "$with_tests" -eq 1 ]; then
   bash scripts/install-gateway.sh
   bash scripts/install-system.sh
   bash scripts/install-ide.sh
+  bash scripts/fetch-benchmarks.sh
 fi

@@ -41,6 +41,10 @@ from coderag.models import SkippedFile
         ("static/site.min.css", "minified"),
         ("static/app.js.map", "generated"),
         ("api/service.pb.go", "generated"),
+        ("sphinx/locale/de/LC_MESSAGES/sphinx.po", "translation"),
+        ("sphinx/locale/de/LC_MESSAGES/sphinx.js", "translation"),
+        ("sphinx/locale/sphinx.pot", "translation"),
+        ("po/fr.po", "translation"),
     ],
 )
 def test_builtin_path_rules(path: str, reason: str) -> None:

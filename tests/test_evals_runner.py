@@ -40,6 +40,7 @@ from evals.swebench import (
     rank_files,
     rank_functions,
     run_instances,
+    run_instances_modes,
     symbol_matches,
 )
 from tests.conftest import DATA
@@ -493,6 +494,26 @@ def test_run_instances_orders_by_commit_date_and_skips(toy_repo: tuple[Path, lis
     assert report["per_query"][0]["index_mode"] == "full"
 
 
+def test_several_modes_share_one_indexing_pass(toy_repo: tuple[Path, list[str]]) -> None:
+    repo, (c1, c2, _c3) = toy_repo
+    instances = [
+        Instance("i1", "o/toy", c1, "merge request setting", ("pkg/sessions.py",), {}),
+        Instance("i2", "o/toy", c2, "basic authorization header", ("pkg/auth.py",), {}),
+    ]
+    rt = fake_runtime()
+    reports = run_instances_modes(
+        rt, instances, {"o/toy": repo}, dataset="toy", modes=["hybrid", "lexical", "hybrid"]
+    )
+    assert list(reports) == ["hybrid", "lexical"]  # a repeated mode runs once
+    assert [c[2] for c in rt.indexer.calls] == [c1, c2]  # each commit indexed once
+    assert [s["mode"] for s in rt.retriever.searches] == ["hybrid", "lexical"] * 2
+    for mode, report in reports.items():
+        assert report["mode"] == mode and report["n_queries"] == 2
+        assert report["index"]["seconds"] == 1.0  # the shared indexing time, in each
+    with pytest.raises(InputError, match="mode"):
+        run_instances_modes(rt, instances, {"o/toy": repo}, dataset="toy", modes=["fuzzy"])
+
+
 # ------------------------------------------------------------------------------ history
 def test_message_rules() -> None:
     assert is_bot("dependabot[bot]", "49699333+dependabot[bot]@users.noreply.github.com")
@@ -685,6 +706,13 @@ def test_cli_swebench_and_history(
     assert report["dataset"] == "bench" and report["n_queries"] == 1
     assert report["function_level"]["metrics"]["acc@1"] == 100.0
     assert len(report["per_query"]) == 1
+
+    args = ["swebench", str(inst), "--repo", f"o/toy={repo}", "--mode", "dense"]
+    res = CliRunner().invoke(eval_cli.eval_app, [*args, "--mode", "lexical"])
+    assert res.exit_code == 0, res.output
+    both = json.loads(res.stdout)
+    assert set(both["modes"]) == {"dense", "lexical"} and both["dataset"] == "bench"
+    assert both["modes"]["lexical"]["n_queries"] == 1 and "model" in both
 
     res = CliRunner().invoke(eval_cli.eval_app, ["history", str(repo), "--max", "5"])
     assert res.exit_code == 0, res.output
