@@ -40,10 +40,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from coderag.index.edge import EdgeIndex
+from typing import Any, Protocol
 
 __all__ = [
     "CHECK_SECONDS",
@@ -99,10 +96,22 @@ def build_in_child(
     return report
 
 
+class BuildableShard(Protocol):
+    """What the builder needs of :class:`~coderag.index.edge.EdgeIndex` (a protocol, so this
+    module does not import the index that imports it)."""
+
+    last_write: float
+
+    def unindexed_points(self) -> int: ...
+    def _begin_build(self) -> Path: ...
+    def _finish_build(self, target: Path) -> dict[str, Any]: ...
+    def _abort_build(self, target: Path) -> None: ...
+
+
 class HnswBuilder:
     """The background thread of one :class:`EdgeIndex` that builds its HNSW when due."""
 
-    def __init__(self, index: EdgeIndex) -> None:
+    def __init__(self, index: BuildableShard) -> None:
         self.index = index
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
