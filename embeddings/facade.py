@@ -511,7 +511,7 @@ class Embedder:
         pipelined = (model.device == "cuda") if self.pipeline is None else self.pipeline
         if not (pipelined and prepare and run and len(batches) > 1):
             for idx in batches:
-                self._run_batch(model, idx, lambda b: enc.encode(b), texts, tags, on_batch, query)
+                self._run_batch(model, idx, enc.encode, texts, tags, on_batch, query)
             return len(texts)
         # Batch i+1 is tokenised on the pool's thread while the device runs batch i.
         with ThreadPoolExecutor(1, thread_name_prefix="coderag-tokenize") as pool:

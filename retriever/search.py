@@ -290,7 +290,7 @@ class Retriever:
             if paths and any(_same_file(path, p) for p in paths):
                 score += f.path_bonus
             if file_lex:
-                key = (str(rec.payload.get("repo") or ""), str(rec.payload.get("path") or ""))
+                key = _file_key(rec)
                 score += file_w * file_lex.get(key, 0.0)
             role = file_role(str(rec.payload.get("path") or ""))
             if role != "source" and role not in wanted:
@@ -331,7 +331,7 @@ def _file_lexical(
     to the best file's sum (0..1)."""
     best: dict[tuple[str, str], list[float]] = {}
     for r in lexical:  # in score order: the first ``per_file`` of a file are its best
-        key = (str(r.payload.get("repo") or ""), str(r.payload.get("path") or ""))
+        key = _file_key(r)
         got = best.setdefault(key, [])
         if len(got) < per_file:
             got.append(r.score / top)
@@ -351,7 +351,8 @@ def _same_file(path: str, mentioned: str) -> bool:
 
 
 def _file_key(rec: ScoredRecord) -> tuple[str, str]:
-    """(repo, path) of a candidate, read as :meth:`ChunkPayload.from_dict` reads them."""
+    """(repo, path) of a candidate, read as :meth:`ChunkPayload.from_dict` reads them: the
+    file a chunk belongs to, for the per-file cap and the file evidence alike."""
     return str(rec.payload.get("repo", "")), str(rec.payload.get("path", ""))
 
 
