@@ -164,9 +164,9 @@ def run_one(backend: str, n: int, path: Path, queries: int, dim: int = 384) -> d
             for j in range(size):
                 i = lo + j
                 payload, sparse = rows[i % len(rows)]
-                repo = f"bench/repo{(i // len(rows)) % REPOS}" if n > len(rows) else "bench/repo0"
-                if n <= len(rows):
-                    repo = f"bench/repo{i % REPOS}"
+                # past the distinct texts each repeat is another fork; below, round-robin
+                fork = i // len(rows) if n > len(rows) else i
+                repo = f"bench/repo{fork % REPOS}"
                 pid = point_id(repo, payload["path"], i, payload["end_line"], payload["hash"])
                 points.append(IndexPoint(pid, vecs[j].tolist(), sparse, {**payload, "repo": repo}))
             idx.upsert(points)
