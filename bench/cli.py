@@ -147,6 +147,21 @@ def bench_secrets(
     print(json.dumps(run(root, max_files)))
 
 
+@bench_app.command("redaction")
+def bench_redaction(
+    corpus: Annotated[
+        Path | None, typer.Option(help="Corpus module (default: the test suite's).")
+    ] = None,
+    failures: Annotated[bool, typer.Option(help="List every miss and false positive.")] = True,
+) -> None:
+    """Secret redactor recall on planted secrets and precision on look-alikes, next to
+    detect-secrets when it is installed (the table of docs/RELIABILITY.md)."""
+    from bench.redaction import CORPUS_PATH
+    from bench.redaction import bench_redaction as run
+
+    print(json.dumps(run(corpus or CORPUS_PATH, failures=failures), indent=2))
+
+
 bench_app.command("serve")(bench_serve)
 bench_app.command("webhooks")(bench_webhooks)
 bench_app.command("search-load")(bench_search_load)

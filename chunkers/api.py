@@ -20,7 +20,7 @@ from chunkers.ast_chunker import (
 )
 from chunkers.engine import Engine, Structure, TooDeepError
 from chunkers.languages import LANGUAGES, LanguageSpec, language_for_path, refine_language
-from chunkers.secrets import RULES_VERSION, Finding, redact
+from chunkers.secrets import RULES_VERSION, AllowList, Finding, redact
 from chunkers.skip import PathFilter, check_bytes, check_text, normalize_path
 from chunkers.text_chunker import SectionStructure, section_finder
 from chunkers.tokens import DEFAULT_COUNTER, SpanMeter, TokenCounter
@@ -36,7 +36,8 @@ class ChunkResult:
     ``skipped`` is set (and ``chunks`` empty) when the file was left out; ``fallback`` says
     why a file that has a grammar was cut into line windows instead (syntax errors, timeout,
     nesting too deep), so the indexer can count and report it. ``redactions`` lists the
-    secrets removed from the file before it was chunked (kind and line, never the value).
+    secrets removed from the file before it was chunked (kind and line, never the value),
+    and those an allow-list kept (``allowed``).
     """
 
     chunks: list[Chunk]
@@ -79,6 +80,7 @@ class FileChunker:
         min_tokens: int = 48,
         max_file_bytes: int = 1_000_000,
         redact_secrets: bool = True,
+        redact_allow: AllowList | None = None,
     ) -> None:
         if max_tokens < 16:
             raise ValueError("max_tokens must be at least 16")
@@ -91,14 +93,18 @@ class FileChunker:
         self.min_tokens = min_tokens
         self.max_file_bytes = max_file_bytes
         self.redact_secrets = redact_secrets
+        self.redact_allow = redact_allow or AllowList()
+        """Findings kept in every file (``CODERAG_REDACT_ALLOW``); a repository adds its own
+        per call (:meth:`chunk`'s ``allow``)."""
         self._overhead: int | None = None
         self._paths = PathFilter()
         self._local = threading.local()
 
     # -- public ------------------------------------------------------------------------------
-    def chunk(self, path: str, data: bytes) -> ChunkResult:
+    def chunk(self, path: str, data: bytes, *, allow: AllowList | None = None) -> ChunkResult:
         """Chunk one file; ``path`` is repo-relative and '/'-separated. Never raises for bad
-        content: such files come back skipped or line-chunked with a reason."""
+        content: such files come back skipped or line-chunked with a reason. ``allow``: the
+        repository's redaction allow-list, on top of the chunker's own."""
         path = normalize_path(path)
         language = language_for_path(path)
         skipped = self._paths.check(path) or check_bytes(path, data, self.max_file_bytes)
@@ -115,7 +121,8 @@ class FileChunker:
             return ChunkResult([], skipped, language)
         found: tuple[Finding, ...] = ()
         if self.redact_secrets:
-            redacted = redact(text, language)
+            keep = self.redact_allow.merged(allow)
+            redacted = redact(text, language, path=path, allow=keep or None)
             text, found = redacted.text, redacted.findings
 
         spec = LANGUAGES[language]
@@ -145,8 +152,11 @@ class FileChunker:
     @property
     def redaction_id(self) -> str:
         """What the stored text went through (part of the index fingerprint): the secret
-        rules' version, or ``raw`` when redaction is off."""
-        return f"secrets{RULES_VERSION}" if self.redact_secrets else "raw"
+        rules' version and allow-list, or ``raw`` when redaction is off."""
+        if not self.redact_secrets:
+            return "raw"
+        allow = f"+allow{self.redact_allow.digest()}" if self.redact_allow else ""
+        return f"secrets{RULES_VERSION}{allow}"
 
     # -- internals ---------------------------------------------------------------------------
     def _structured(

@@ -8,6 +8,7 @@ would silently do the wrong thing (a distributed index without a URL, a default 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -56,6 +57,27 @@ class Settings(BaseSettings):
     """Replace private keys, cloud keys, tokens and passwords in assignments by
     ``[REDACTED:<kind>]`` before chunking (see :mod:`chunkers.secrets`), so they are never
     embedded, stored or served. Turning it off (or on) re-writes every branch once."""
+    redact_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Allow-list entries for files of known fakes, in every repository (a repository adds its
+    own in ``.coderag/redact-allow``): path globs such as ``tests/fixtures/**`` (optionally
+    followed by kinds: ``docs/*.md password,token``) and ``value:<exact value>``. Findings
+    they cover stay in the text and are reported as allowed. A JSON list, or entries
+    separated by newlines or ``;``. Too broad a glob (``**``, ``*.py``) is refused. Part of the
+    index fingerprint: changing it re-writes every branch once."""
+
+    @field_validator("redact_allow", mode="before")
+    @classmethod
+    def _allow_entries(cls, v: Any) -> Any:
+        """Split the entries, and refuse the run on a broad or malformed one (a typo must not
+        silently keep secrets, nor silently redact fixtures)."""
+        from chunkers.secrets import AllowList
+
+        if isinstance(v, str):
+            text = v.strip()
+            v = json.loads(text) if text.startswith("[") else re.split(r"[\n;]", text)
+        entries = [str(e).strip() for e in v or [] if str(e).strip()]
+        AllowList.parse(entries)  # raises ValueError with every refused entry
+        return entries
 
     # --- embedding -----------------------------------------------------------------------
     embedding_model: str | None = None

@@ -8,7 +8,9 @@ the branch contains" for the paths it touches, so:
 
 - re-running a finished run is a no-op (state check first);
 - an interrupted run converges when re-run (state is written last, writes are idempotent:
-  point ids are content-addressed);
+  point ids are content-addressed), and also when the next run goes to another commit (a
+  rewind, a push reverting the change): before its first write a run records the paths it
+  may write as ``pending`` in the state, and the next run reconciles those paths too;
 - a chunk shared by several branches is stored and embedded once, and deleting a branch only
   removes what no other branch references.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkers import FileChunker, PathFilter
-from chunkers.secrets import Finding
+from chunkers.secrets import AllowList, Finding
 from chunkers.skip import check_path
 from coderag.errors import InputError, NotFoundError
 from coderag.index import (
@@ -42,7 +44,7 @@ from indexer.git import GitRepo
 from indexer.precision_guard import check_precision
 from indexer.sources import DirSource, GitSource, SourceFile
 
-__all__ = ["INDEX_FORMAT", "IndexReport", "IndexService", "ProgressFn"]
+__all__ = ["INDEX_FORMAT", "REDACT_ALLOW_FILE", "IndexReport", "IndexService", "ProgressFn"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,11 @@ ProgressFn = Callable[[str, int, int], None]
 """progress(stage, done, total): stages are "read", "embed", "write"."""
 
 _GROUP_CHUNKS = 2048  # chunks embedded + written per group: bounds memory on huge repos
+
+_NO_ALLOW = AllowList().digest()
+REDACT_ALLOW_FILE = ".coderag/redact-allow"
+"""A repository's own redaction allow-list (see :class:`chunkers.secrets.AllowList`), read at
+the indexed commit; changing it re-chunks the whole branch once."""
 
 
 @dataclass
@@ -75,6 +82,13 @@ class IndexReport:
     fallbacks: int = 0
     secrets_redacted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     """Secrets replaced by markers in the files this run chunked, by kind."""
+    secrets_redacted_files: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Where they were: path -> kind -> count (so an operator can check and rotate them)."""
+    secrets_allowed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Findings an allow-list kept in the text (known fakes), by kind."""
+    secrets_allowed_files: dict[str, dict[str, int]] = field(default_factory=dict)
+    redact_allow_errors: list[str] = field(default_factory=list)
+    """Entries of the repository's allow-list that were refused (too broad, unknown kind)."""
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -102,6 +116,10 @@ class IndexReport:
             "chunks_removed": self.chunks_removed,
             "fallbacks": self.fallbacks,
             "secrets_redacted": dict(sorted(self.secrets_redacted.items())),
+            "secrets_redacted_files": _top_files(self.secrets_redacted_files),
+            "secrets_allowed": dict(sorted(self.secrets_allowed.items())),
+            "secrets_allowed_files": _top_files(self.secrets_allowed_files),
+            "redact_allow_errors": list(self.redact_allow_errors),
             "skipped": self.skipped_by_reason(),
             "seconds": round(self.seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
@@ -174,14 +192,20 @@ class IndexService:
         fp = self.fingerprint()
         same_fp = prev.get("fingerprint") == fp
 
+        # A run that died after writing left ``pending``: the paths it may have written
+        # (or "all"). This run brings those into scope too, whatever commit it goes to:
+        # points of a commit the branch never reached must not stay beside the real ones.
+        pending = prev.get("pending")
         if sha is not None:
             report = IndexReport(repo, branch, sha, previous_commit=prev.get("commit"))
-            if same_fp and prev.get("commit") == sha:
+            if same_fp and prev.get("commit") == sha and not pending:
                 report.mode = "noop"
                 report.seconds = time.perf_counter() - started
                 return report
             src: GitSource | DirSource = GitSource(git, sha)
             incremental = bool(same_fp and prev.get("commit") and git.has_commit(prev["commit"]))
+            if pending is not None and pending.get("paths") is None:
+                incremental = False  # a full run died: any path may hold its points
         else:
             src = DirSource(path)
             report = IndexReport(repo, branch, "", previous_commit=prev.get("commit"))
@@ -191,11 +215,14 @@ class IndexService:
         all_files, tree_skipped = src.listing()
         if isinstance(src, DirSource):
             report.commit = src.snapshot_id(all_files)
-            if same_fp and prev.get("commit") == report.commit:
+            if same_fp and prev.get("commit") == report.commit and not pending:
                 report.mode = "noop"
                 report.seconds = time.perf_counter() - started
                 return report
         path_filter = self._path_filter(src, all_files)
+        allow = self._redact_allow(src, all_files, report)
+        if allow.digest() != prev.get("redact_allow", _NO_ALLOW):
+            incremental = False  # what is redacted changed in files this diff does not touch
 
         if incremental and isinstance(src, GitSource):
             report.mode = "incremental"
@@ -204,6 +231,8 @@ class IndexService:
                 c.path for c in changes if c.status == "D"
             }
             touched = {c.path for c in changes if c.status != "D"}
+            if pending is not None:
+                touched |= set(pending["paths"])  # re-read at this commit, or unlinked
             wanted = [f for f in all_files if f.path in touched]
             report.skipped.extend(s for s in tree_skipped if s.path in touched)
             paths_in_scope = gone | touched
@@ -232,12 +261,19 @@ class IndexService:
                 to_chunk.append(f)
         report.stage_seconds["list"] += time.perf_counter() - t0
 
+        # Before the first write: what this run may write, so that if it dies the next run
+        # cleans up after it (the state's commit stays the last one finished).
+        if paths_in_scope is None or paths_in_scope:
+            scope = None if paths_in_scope is None else sorted(paths_in_scope)
+            intent = {"commit": report.commit, "paths": scope, "since": time.time()}
+            self.store.set_state(key, {**prev, "repo": repo, "branch": branch, "pending": intent})
+
         # What the index says this branch holds, for the paths in scope.
         existing = self._existing(repo, branch, paths_in_scope)
         kept_ids: set[str] = set()
         indexed_paths: set[str] = set()
 
-        for group in self._chunk_groups(src, to_chunk, report, progress):
+        for group in self._chunk_groups(src, to_chunk, report, progress, allow):
             for c in group:
                 indexed_paths.add(c.path)
             group = [replace(c, repo=repo, commit=report.commit) for c in group]
@@ -261,6 +297,7 @@ class IndexService:
                 "branch": branch,
                 "commit": report.commit,
                 "fingerprint": fp,
+                "redact_allow": allow.digest(),
                 "indexed_at": time.time(),
                 "mode": report.mode,
             },
@@ -298,6 +335,24 @@ class IndexService:
         """Nested .gitignore files of the tree, each applied to its own subtree."""
         return PathFilter.from_gitignores(src.gitignore_lines(files), self.extra_ignore)
 
+    def _redact_allow(
+        self, src: GitSource | DirSource, files: Sequence[SourceFile], report: IndexReport
+    ) -> AllowList:
+        """The repository's allow-list (:data:`REDACT_ALLOW_FILE` at this commit). Entries
+        it refuses are reported and skipped: the files they name stay redacted."""
+        found = [f for f in files if f.path == REDACT_ALLOW_FILE]
+        if not found or not self.chunker.redact_secrets:
+            return AllowList()
+        text = b"".join(data for _, data in src.read(found)).decode("utf-8", "replace")
+        allow, errors = AllowList.parse(text.splitlines(), strict=False)
+        if errors:
+            report.redact_allow_errors.extend(errors)
+            log.warning(
+                "redaction allow-list entries refused",
+                extra={"repo": report.repo, "path": REDACT_ALLOW_FILE, "errors": errors},
+            )
+        return allow
+
     def _existing(
         self, repo: str, branch: str, paths: Iterable[str] | None
     ) -> dict[str, dict[str, Any]]:
@@ -319,11 +374,12 @@ class IndexService:
         files: Sequence[SourceFile],
         report: IndexReport,
         progress: ProgressFn | None,
+        allow: AllowList | None = None,
     ) -> Iterable[list[Chunk]]:
         group: list[Chunk] = []
         t0 = time.perf_counter()
         for done, (f, data) in enumerate(src.read(files), 1):
-            result = self.chunker.chunk(f.path, data)
+            result = self.chunker.chunk(f.path, data, allow=allow)
             if result.redactions:
                 _count_redactions(report, f.path, result.redactions)
             if result.skipped is not None:
@@ -463,12 +519,20 @@ def _resolve_commit(git: GitRepo, branch: str, commit: str | None) -> str:
 
 
 def _count_redactions(report: IndexReport, path: str, found: Sequence[Finding]) -> None:
-    """Report, count and log the secrets removed from one file: the path, kinds and lines
-    (so the owner can rotate them), never the values."""
-    kinds = Counter(f.kind for f in found)
+    """Report, count and log the secrets removed from one file, and those an allow-list kept:
+    the path, kinds and lines (so the owner can rotate them, or check a fake is one), never
+    the values."""
+    kinds = Counter(f.kind for f in found if not f.allowed)
+    allowed = Counter(f.kind for f in found if f.allowed)
     for kind, n in kinds.items():
         report.secrets_redacted[kind] += n
         SECRETS_REDACTED.labels(kind=kind).inc(n)
+    for kind, n in allowed.items():
+        report.secrets_allowed[kind] += n
+    if kinds:
+        report.secrets_redacted_files[path] = dict(sorted(kinds.items()))
+    if allowed:
+        report.secrets_allowed_files[path] = dict(sorted(allowed.items()))
     log.info(
         "secrets redacted",
         extra={
@@ -477,9 +541,25 @@ def _count_redactions(report: IndexReport, path: str, found: Sequence[Finding]) 
             # {"kind", "count"} items, not {kind: count}: the log redactor masks the value of
             # any key named like a credential ("token", "password") and any "token=..." text
             "kinds": [{"kind": k, "count": n} for k, n in sorted(kinds.items())],
-            "lines": sorted({f.line for f in found}),
+            "lines": sorted({f.line for f in found if not f.allowed}),
+            "allowed": [{"kind": k, "count": n} for k, n in sorted(allowed.items())],
         },
     )
+
+
+_FILES_REPORTED = 1000
+"""Files per map in :meth:`IndexReport.as_dict`: the dict is also a job's run record, kept in
+the index state, so a repository of thousands of fixtures must not make it megabytes."""
+
+
+def _top_files(files: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The files with the most findings first (then by path), at most
+    :data:`_FILES_REPORTED`; ``"..."`` then counts the files left out."""
+    top = sorted(files.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    out = dict(top[:_FILES_REPORTED])
+    if len(top) > _FILES_REPORTED:
+        out["..."] = {"files": len(top) - _FILES_REPORTED}
+    return out
 
 
 def _sparse_text(c: Chunk) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from coderag.index import SearchFilter
+from coderag.index import SearchFilter, branch_state_key
 from coderag.runtime import Runtime, build_runtime
 from coderag.settings import Settings
 from tests.conftest import git
@@ -247,6 +247,69 @@ def test_interrupted_run_converges(rt: Runtime, demo_repo: Path, tmp_path: Path,
     fresh = _runtime(tmp_path, embedder, "fresh")
     try:
         fresh.indexer.index(demo_repo, "grp/demo", "main", head)
+        assert _snapshot(fresh, "grp/demo") == _snapshot(rt, "grp/demo")
+    finally:
+        fresh.close()
+
+
+def _run_that_dies(rt: Runtime, *args: Any) -> None:
+    """Index, dying once the chunks are written and before the state is: what a SIGKILL
+    between the upserts and the state write leaves behind."""
+
+    def crash(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("simulated crash")
+
+    rt.indexer._unlink = crash  # type: ignore[method-assign]
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            rt.indexer.index(*args)
+    finally:
+        del rt.indexer._unlink  # the class's method again
+
+
+def test_a_run_that_died_is_cleaned_up_by_the_next_run_to_any_commit(
+    rt: Runtime, demo_repo: Path, tmp_path: Path, embedder: Any
+):
+    """A run killed after writing leaves points of a commit the branch never reached. The
+    next run may go elsewhere (a rewind, a force-push, a push that reverts the change, an
+    eval walking base commits): the paths the dead run had in scope are reconciled too, so
+    the index ends as a fresh index of that commit. (Seen before this: an interrupted eval
+    left such points, and later rankings differed from a fresh run's.)"""
+    base = rt.indexer.index(demo_repo, "grp/demo", "main").commit
+    _write(demo_repo, "src/demo/ghost.py", "def ghost_feature(x):\n    return x + 1\n")
+    _write(demo_repo, "src/demo/utils.py", UTILS_PY + "\n\ndef only_in_c1():\n    return 1\n")
+    c1 = _commit(demo_repo, "c1")
+    _run_that_dies(rt, demo_repo, "grp/demo", "main", c1)
+    assert rt.indexer.indexed_commit("grp/demo", "main") == base
+
+    # Back to the commit the state holds: not a no-op any more, the dead run's points go.
+    report = rt.indexer.index(demo_repo, "grp/demo", "main", base)
+    assert report.mode == "incremental"
+    paths = {p["path"] for _, p in rt.index.scroll(SearchFilter(repos=["grp/demo"]))}
+    assert "src/demo/ghost.py" not in paths
+    fresh = _runtime(tmp_path, embedder, "fresh")
+    try:
+        fresh.indexer.index(demo_repo, "grp/demo", "main", base)
+        assert _snapshot(fresh, "grp/demo") == _snapshot(rt, "grp/demo")
+    finally:
+        fresh.close()
+    assert "pending" not in rt.index.get_state(branch_state_key("grp/demo", "main"))
+    assert rt.indexer.index(demo_repo, "grp/demo", "main", base).mode == "noop"
+
+
+def test_a_full_run_that_died_makes_the_next_run_full(
+    rt: Runtime, demo_repo: Path, tmp_path: Path, embedder: Any
+):
+    first = git(demo_repo, "rev-parse", "HEAD")
+    _run_that_dies(rt, demo_repo, "grp/demo", "main")  # a first run: full
+    state = rt.index.get_state(branch_state_key("grp/demo", "main"))
+    assert state["pending"]["paths"] is None and "commit" not in state
+    assert rt.indexer.indexed_commit("grp/demo", "main") is None
+    report = rt.indexer.index(demo_repo, "grp/demo", "main", first)
+    assert report.mode == "full"
+    fresh = _runtime(tmp_path, embedder, "fresh")
+    try:
+        fresh.indexer.index(demo_repo, "grp/demo", "main", first)
         assert _snapshot(fresh, "grp/demo") == _snapshot(rt, "grp/demo")
     finally:
         fresh.close()

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from coderag.cli.options import DataDir, err, load_settings
 from coderag.settings import Settings
@@ -83,8 +84,33 @@ def index(
     t.add_row("fallbacks", str(report.fallbacks))
     found = ", ".join(f"{k}: {v}" for k, v in sorted(report.secrets_redacted.items()))
     t.add_row("secrets redacted", found or "none")
+    if report.secrets_redacted_files:
+        t.add_row("  in files", Text(_files_cell(report.secrets_redacted_files)))
+    if report.secrets_allowed:
+        kept = ", ".join(f"{k}: {v}" for k, v in sorted(report.secrets_allowed.items()))
+        t.add_row("secrets allowed", f"{kept} (kept by the allow-list)")
+        t.add_row("  in files", Text(_files_cell(report.secrets_allowed_files)))
+    if report.redact_allow_errors:
+        t.add_row("allow-list refused", Text("\n".join(report.redact_allow_errors)))
     t.add_row("seconds", f"{report.seconds:.2f}")
     err.print(t)
+
+
+_FILES_SHOWN = 10
+
+
+def _files_cell(files: dict[str, dict[str, int]]) -> str:
+    """The files with the most findings, one a line with their kinds (``--json`` has more):
+    what an operator reads to rotate a real secret or confirm a fake is one."""
+    top = sorted(files.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    lines = [
+        f"{path} ({', '.join(f'{k}: {n}' for k, n in kinds.items())})"
+        for path, kinds in top[:_FILES_SHOWN]
+    ]
+    more = len(top) - _FILES_SHOWN
+    if more > 0:
+        lines.append(f"... and {more} more file{'s' if more > 1 else ''} (see --json)")
+    return "\n".join(lines)
 
 
 def _resolve_source(source: str, settings: Settings, mirror_for_url):  # type: ignore[no-untyped-def]
