@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from chunkers import FileChunker
+from chunkers.secrets import AllowList
 from coderag.index import VectorIndex
 from coderag.index.factory import DEFAULT_MODEL, open_index, open_model_index
 from coderag.models_registry import ModelSpec
@@ -85,6 +86,7 @@ class Runtime:
         self._parked: dict[str, Serving] = {}
         self._watcher: ModelWatcher | None = None
         self._closed = False
+        self._stop_warming = threading.Event()
         self._live: VectorIndex = _LiveIndex(self)  # type: ignore[assignment]
 
     # --- the serving bundle ----------------------------------------------------------------------
@@ -177,10 +179,36 @@ class Runtime:
 
             self._watcher = ModelWatcher(self).start()
 
+    def warm_search_cache(self) -> threading.Thread | None:
+        """Fill the served index's candidate field cache on a daemon thread, so the first
+        searches after a start do not each read their candidates' fields (an index without
+        such a cache returns at once). For serving processes: a one-shot command would only
+        pay for the scan."""
+        warm = getattr(self._serving.index, "warm_candidate_cache", None)
+        if warm is None or self._closed:
+            return None
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                n = warm(self._stop_warming)
+            except Exception as exc:  # a cold cache is slower, not wrong: log and go on
+                log.warning("search cache warm-up failed: %r", exc)
+                return
+            log.info(
+                "search cache warm",
+                extra={"points": n, "seconds": round(time.perf_counter() - t0, 3)},
+            )
+
+        t = threading.Thread(target=run, name="coderag-cache-warm", daemon=True)
+        t.start()
+        return t
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._stop_warming.set()
         if self._watcher is not None:
             self._watcher.stop()
         with self._swap_lock:
@@ -271,6 +299,7 @@ def build_serving(
         min_tokens=min(settings.chunk_min_tokens, max_tokens),
         max_file_bytes=settings.max_file_bytes,
         redact_secrets=settings.redact_secrets,
+        redact_allow=AllowList.parse(settings.redact_allow)[0],
     )
     indexer = IndexService(index, embedder, chunker, extra_ignore=settings.extra_ignore)
     retriever = Retriever(

@@ -37,6 +37,20 @@ def assert_error(resp: httpx.Response, status: int, code: str | None = None) -> 
     return body
 
 
+def test_the_server_warms_the_candidate_cache_at_start(api_server: ApiServer) -> None:
+    """The lifespan fills the Edge candidate cache with every point on a thread, so the first
+    searches after a start read no candidate fields (searches alone only cache candidates)."""
+    import time
+
+    index = api_server.runtime.index
+    cache, _ = index._cache()
+    total = index.count()
+    deadline = time.monotonic() + 30
+    while len(cache) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert total > 0 and len(cache) == total
+
+
 def test_search_returns_ranked_chunks_with_the_documented_fields(client: httpx.Client):
     resp = client.post("/v1/search", json={"query": "settle a payment on the ledger", "k": 5})
     assert resp.status_code == 200, resp.text

@@ -40,4 +40,10 @@ def test_bench_scale_prints_every_figure(tmp_path: Path) -> None:
         assert {"p50_ms", "p95_ms", "p99_ms"} <= set(row["search"])
     assert rows["server", 400]["server_stand_in"] == "qdrant-client local mode"
     assert rows["edge", 900]["hnsw"]["points"] == 900  # built off the request path
+    # Edge's candidate cache is warmed as a server warms it (what the cold searches did not
+    # already fill); the stand-in has no such cache
+    edge = rows["edge", 900]
+    assert 0 < edge["cache_warm"]["points"] <= 900
+    assert edge["search_cold_cache"]["queries"] == 5
+    assert rows["server", 400]["cache_warm"]["points"] == 0
     assert not any(tmp_path.iterdir())  # each point's index is removed after it

@@ -53,6 +53,22 @@ def test_auto_resolves_by_backend_and_device(tmp_path: Path) -> None:
             r(bad[0], bad[1], "cpu", tmp_path, "m@1")
 
 
+def test_an_explicit_precision_this_cpu_lacks_runs_but_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenVINO accepts the bf16 hint on a CPU without BF16 and quietly computes f32."""
+    fake = {"model": "x", "flags": ["avx2"], "openvino_capabilities": ["FP32", "INT8"]}
+    monkeypatch.setattr(prec, "cpu_features", lambda: fake)
+    with caplog.at_level("WARNING", logger=prec.__name__):
+        assert prec.resolve_precision("bf16", "openvino", "cpu", tmp_path, "m@1") == "bf16"
+    assert "precision bf16 is not native on this CPU" in caplog.text
+    assert "FP32, INT8" in caplog.text and "'auto' would pick fp32" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=prec.__name__):
+        prec.resolve_precision("int8", "openvino", "cpu", tmp_path, "m@1")
+    assert caplog.text == ""  # INT8 is there: nothing to say
+
+
 def test_default_without_verdict_follows_openvino_capabilities() -> None:
     with_bf16 = {"model": "x", "flags": [], "openvino_capabilities": ["BF16", "FP32", "INT8"]}
     without = {"model": "x", "flags": [], "openvino_capabilities": ["FP32", "INT8"]}

@@ -215,3 +215,49 @@ def test_collections_share_a_dir_but_not_data(tmp_path: Path) -> None:
         b.ensure(DIM)
         assert b.count() == 0
         assert b.get_state("k") is None
+
+
+def test_warm_candidate_cache_serves_searches_without_reads(tmp_path: Path) -> None:
+    """After the warm-up a server runs at start, a search's candidate fields come from memory:
+    no payload read per search (the cold cache cost a 100k-point search most of its time)."""
+    idx = EdgeIndex(tmp_path)
+    idx.ensure(DIM)
+    idx.scroll_page_size = 7  # several pages
+    idx.upsert([pt(n, path=f"f{n % 5}.py") for n in range(60)])
+    assert idx.warm_candidate_cache(page_size=16) == 60
+    assert idx.warm_candidate_cache(page_size=16) == 0  # already there: nothing re-read
+
+    reads: list[int] = []
+    real = idx._p_retrieve
+
+    def counting(ids: list[str], fields: list[str] | None = None) -> dict:
+        reads.append(len(ids))
+        return real(ids, fields)
+
+    idx._p_retrieve = counting  # type: ignore[method-assign]
+    hits = idx.search_dense(pt(3).dense, SearchFilter(), 20, ["repo", "path"])
+    assert len(hits) == 20 and reads == []
+    assert all(h.payload["path"].startswith("f") and h.payload["repo"] == "g/app" for h in hits)
+
+    # a write drops what it changed: the next search reads the new value, not the warm one
+    idx.upsert([pt(3, path="moved.py")])
+    hits = idx.search_dense(pt(3).dense, SearchFilter(), 1, ["path"])
+    assert hits[0].payload["path"] == "moved.py" and reads == [1]
+    idx.close()
+
+
+def test_warm_candidate_cache_stops_at_capacity_and_on_request(tmp_path: Path) -> None:
+    idx = EdgeIndex(tmp_path)
+    idx.ensure(DIM)
+    idx.upsert([pt(n) for n in range(40)])
+    idx.candidate_cache_size = 25  # instance override of the class default
+    assert idx.warm_candidate_cache(page_size=10) == 25
+    stop = threading.Event()
+    stop.set()
+    idx2 = EdgeIndex(tmp_path / "other")
+    idx2.ensure(DIM)
+    idx2.upsert([pt(n) for n in range(10)])
+    assert idx2.warm_candidate_cache(stop) == 0
+    idx.close()
+    idx2.close()
+    assert idx.warm_candidate_cache() == 0  # closed: nothing to warm, and no error

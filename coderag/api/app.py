@@ -104,6 +104,7 @@ def _lifespan(settings: Settings, injected: Runtime | None) -> Callable[[FastAPI
                 log.error("cannot start", extra={"error_code": exc.error_code, "error": exc.detail})
                 raise
             app.state.runtime = runtime
+            runtime.warm_search_cache()
             app.state.registry = RepoRegistry(runtime.index)
             app.state.redis = _redis_client(settings)
             app.state.dispatcher = dispatcher_from_settings(settings, runtime)

@@ -138,6 +138,16 @@ def resolve_precision(
     if requested == "fp16":
         raise ValueError("precision fp16 is for CUDA (torch backend); the CPU runs bf16")
     if requested != "auto":
+        if not can_run(requested, "cpu"):
+            # OpenVINO takes the bf16 hint on a CPU without BF16 and runs f32, emulated int8
+            # is slower than f32: allowed (an operator may align to an index), but said.
+            log.warning(
+                "precision %s is not native on this CPU (OpenVINO capabilities: %s): it runs, "
+                "but slower than fp32 or emulated; 'auto' would pick %s",
+                requested,
+                ", ".join(cpu_features().get("openvino_capabilities", [])) or "unknown",
+                default_cpu_precision(),
+            )
         return requested
     verdict = read_verdict(models_dir, weights_id)
     return verdict["pick"] if verdict else default_cpu_precision()
