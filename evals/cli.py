@@ -91,6 +91,21 @@ def _emit(report: dict[str, Any], out: Path | None) -> None:
     print(text)
 
 
+def _checkpointer(out: Path | None) -> Callable[[dict[str, Any]], None] | None:
+    """With ``--json``: the report so far is written there (atomically) after every
+    instance, marked ``"partial"``, and the final report replaces it."""
+    if out is None:
+        return None
+    from coderag.atomic import atomic_write
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(report: dict[str, Any]) -> None:
+        atomic_write(out, json.dumps(report, indent=2) + "\n")
+
+    return write
+
+
 def _run(
     job: Callable[[Any, ProgressFn], dict[str, Any]],
     data_dir: Path | None,
@@ -169,7 +184,14 @@ def swebench_cmd(
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="First N instances of the file.")] = None,
-    json_out: JsonOut = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Also write the report to this file; it holds the report so far (marked "
+            "partial) after every instance, so a stopped eval keeps what it measured.",
+        ),
+    ] = None,
     per_query: PerQuery = False,
     data_dir: DataDir = None,
     model: ModelName = None,
@@ -191,6 +213,7 @@ def swebench_cmd(
             limit=limit,
             per_query=per_query,
             progress=pg,
+            checkpoint=_checkpointer(json_out),
         ),
         data_dir,
         model,

@@ -31,7 +31,7 @@ import json
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -265,13 +265,16 @@ def run_instances_modes(
     modes: Sequence[str],
     per_query: bool = False,
     progress: ProgressFn | None = None,
+    checkpoint: Callable[[dict[str, dict[str, Any]]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`run_instances` for several search modes in one pass: one report per mode.
 
     Each base commit is indexed once and every mode queries that same index, so comparing
     hybrid with its parts costs one indexing run instead of one per mode (on a large
     repository indexing is nearly all of an eval's time). ``index_seconds`` in each report
-    is that shared indexing time."""
+    is that shared indexing time. ``checkpoint`` gets the reports so far after every
+    instance, each with ``"partial": {"done", "of"}``: an eval of hours that is stopped
+    keeps what it measured."""
     modes = list(dict.fromkeys(check_mode(m) for m in modes))
     if not modes:
         raise InputError("at least one search mode is needed")
@@ -280,6 +283,23 @@ def run_instances_modes(
     results: dict[str, list[QueryResult]] = {m: [] for m in modes}
     index_seconds = 0.0
     repos_seen: set[str] = set()
+
+    def reports(seen: set[str]) -> dict[str, dict[str, Any]]:
+        chunks = runtime.index.count(SearchFilter(repos=sorted(seen))) if seen else 0
+        return {
+            mode: build_report(
+                dataset=dataset,
+                mode=mode,
+                results=results[mode],
+                skipped=skipped,
+                index_chunks=chunks,
+                index_seconds=index_seconds,
+                per_query=per_query,
+                function_level=True,
+            )
+            for mode in modes
+        }
+
     for n, (inst, gitdir) in enumerate(ordered, 1):
         report = runtime.indexer.index(
             gitdir, repo=inst.repo, branch=EVAL_BRANCH, commit=inst.base_commit, progress=progress
@@ -316,21 +336,13 @@ def run_instances_modes(
             results[mode].append(result)
         if progress:
             progress("query", n, len(ordered))
+        if checkpoint is not None and n < len(ordered):
+            partial = reports(repos_seen)
+            for r in partial.values():
+                r["partial"] = {"done": n, "of": len(ordered)}
+            checkpoint(partial)
 
-    chunks = runtime.index.count(SearchFilter(repos=sorted(repos_seen))) if repos_seen else 0
-    return {
-        mode: build_report(
-            dataset=dataset,
-            mode=mode,
-            results=results[mode],
-            skipped=skipped,
-            index_chunks=chunks,
-            index_seconds=index_seconds,
-            per_query=per_query,
-            function_level=True,
-        )
-        for mode in modes
-    }
+    return reports(repos_seen)
 
 
 def dataset_name(instances_path: Path) -> str:
@@ -349,25 +361,31 @@ def run_swebench(
     per_query: bool = False,
     progress: ProgressFn | None = None,
     modes: Sequence[str] | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Load ``instances.jsonl``, keep the first ``limit`` (file order), run them.
 
     With ``modes`` (several search modes), one pass for all: ``{"modes": {mode: report}}``.
+    ``checkpoint`` gets the report so far, in the same shape, after every instance.
     """
     if limit is not None and limit < 1:
         raise InputError("limit must be at least 1")
     instances = load_instances(instances_path)
     if limit is not None:
         instances = instances[:limit]
+    name = dataset_name(Path(instances_path))
+
+    def shaped(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return {"dataset": name, "modes": reports} if modes else reports[mode]
+
     reports = run_instances_modes(
         runtime,
         instances,
         repo_dirs,
-        dataset=dataset_name(Path(instances_path)),
+        dataset=name,
         modes=list(modes) if modes else [mode],
         per_query=per_query,
         progress=progress,
+        checkpoint=(lambda r: checkpoint(shaped(r))) if checkpoint else None,
     )
-    if not modes:
-        return reports[mode]
-    return {"dataset": dataset_name(Path(instances_path)), "modes": reports}
+    return shaped(reports)

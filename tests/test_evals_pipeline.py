@@ -304,7 +304,15 @@ def test_swebench_layout_on_a_built_repo(
                              "problem_statement": "x", "gold_files": ["a.py"],
                              "gold_spans": {}, "splits": []}) + "\n")  # fmt: skip
 
-    report = run_swebench(rt, path, {"acme/shop": repo}, mode="hybrid", per_query=True)
+    partials: list[dict] = []
+    report = run_swebench(
+        rt, path, {"acme/shop": repo}, mode="hybrid", per_query=True, checkpoint=partials.append
+    )
+    # after each instance but the last, the report so far: a stopped eval keeps it
+    assert [p["partial"] for p in partials] == [{"done": 1, "of": 3}, {"done": 2, "of": 3}]
+    assert [p["n_queries"] for p in partials] == [1, 2]
+    assert partials[1]["per_query"] == report["per_query"][:2]
+    assert "partial" not in report
     assert report["dataset"] == "shop-bench"
     assert report["n_queries"] == 3
     assert report["skipped"] == [{"id": "other-1", "reason": "repository acme/other not given"}]

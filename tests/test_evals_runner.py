@@ -722,6 +722,18 @@ def test_cli_swebench_and_history(
     assert res.exit_code != 0
 
 
+def test_cli_json_holds_the_report_so_far(tmp_path: Path) -> None:
+    """``--json`` gets each checkpoint atomically (a stopped eval keeps what it measured)."""
+    assert eval_cli._checkpointer(None) is None
+    out = tmp_path / "deep" / "r.json"
+    write = eval_cli._checkpointer(out)
+    assert write is not None
+    write({"n_queries": 1, "partial": {"done": 1, "of": 3}})
+    write({"n_queries": 2, "partial": {"done": 2, "of": 3}})
+    assert json.loads(out.read_text()) == {"n_queries": 2, "partial": {"done": 2, "of": 3}}
+    assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # no temp file left
+
+
 def test_eval_settings_keep_cache_and_models_outside_the_temp_dir(tmp_path: Path) -> None:
     from coderag.settings import Settings
 
