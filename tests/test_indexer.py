@@ -107,6 +107,16 @@ def _snapshot(rt: Runtime, repo: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def assert_equals_fresh(rt: Runtime, tmp_path: Path, embedder: Any, repo: Path, commit: str):
+    """``rt``'s grp/demo holds exactly what a fresh index of ``commit`` holds."""
+    fresh = _runtime(tmp_path, embedder, "fresh")
+    try:
+        fresh.indexer.index(repo, "grp/demo", "main", commit)
+        assert _snapshot(fresh, "grp/demo") == _snapshot(rt, "grp/demo")
+    finally:
+        fresh.close()
+
+
 @pytest.fixture
 def rt(tmp_path: Path, embedder: Any):  # type: ignore[no-untyped-def]
     runtime = _runtime(tmp_path, embedder)
@@ -175,12 +185,7 @@ def test_incremental_add_modify_delete_rename(
     assert all(p["commit"] for _, p in rt.index.scroll(SearchFilter(repos=["grp/demo"])))
 
     # the incremental result equals a fresh full index of the same commit
-    fresh = _runtime(tmp_path, embedder, "fresh")
-    try:
-        fresh.indexer.index(demo_repo, "grp/demo", "main", head)
-        assert _snapshot(fresh, "grp/demo") == _snapshot(rt, "grp/demo")
-    finally:
-        fresh.close()
+    assert_equals_fresh(rt, tmp_path, embedder, demo_repo, head)
 
 
 def test_branches_share_chunks_and_branch_delete(rt: Runtime, demo_repo: Path):
@@ -244,12 +249,7 @@ def test_interrupted_run_converges(rt: Runtime, demo_repo: Path, tmp_path: Path,
 
     report = rt.indexer.index(demo_repo, "grp/demo", "main")
     assert report.mode == "incremental"
-    fresh = _runtime(tmp_path, embedder, "fresh")
-    try:
-        fresh.indexer.index(demo_repo, "grp/demo", "main", head)
-        assert _snapshot(fresh, "grp/demo") == _snapshot(rt, "grp/demo")
-    finally:
-        fresh.close()
+    assert_equals_fresh(rt, tmp_path, embedder, demo_repo, head)
 
 
 def _run_that_dies(rt: Runtime, *args: Any) -> None:
@@ -287,12 +287,7 @@ def test_a_run_that_died_is_cleaned_up_by_the_next_run_to_any_commit(
     assert report.mode == "incremental"
     paths = {p["path"] for _, p in rt.index.scroll(SearchFilter(repos=["grp/demo"]))}
     assert "src/demo/ghost.py" not in paths
-    fresh = _runtime(tmp_path, embedder, "fresh")
-    try:
-        fresh.indexer.index(demo_repo, "grp/demo", "main", base)
-        assert _snapshot(fresh, "grp/demo") == _snapshot(rt, "grp/demo")
-    finally:
-        fresh.close()
+    assert_equals_fresh(rt, tmp_path, embedder, demo_repo, base)
     assert "pending" not in rt.index.get_state(branch_state_key("grp/demo", "main"))
     assert rt.indexer.index(demo_repo, "grp/demo", "main", base).mode == "noop"
 
@@ -307,12 +302,7 @@ def test_a_full_run_that_died_makes_the_next_run_full(
     assert rt.indexer.indexed_commit("grp/demo", "main") is None
     report = rt.indexer.index(demo_repo, "grp/demo", "main", first)
     assert report.mode == "full"
-    fresh = _runtime(tmp_path, embedder, "fresh")
-    try:
-        fresh.indexer.index(demo_repo, "grp/demo", "main", first)
-        assert _snapshot(fresh, "grp/demo") == _snapshot(rt, "grp/demo")
-    finally:
-        fresh.close()
+    assert_equals_fresh(rt, tmp_path, embedder, demo_repo, first)
 
 
 def test_plain_directory_and_server_backend(tmp_path: Path, embedder: Any):

@@ -1,4 +1,4 @@
-"""The source/test/docs prior of hybrid ranking: classification, and its effect end to end."""
+"""The source/test/docs/meta prior of hybrid ranking: classification, and its effect end to end."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from coderag.runtime import build_runtime
 from coderag.settings import Settings
+from retriever.query import parse_query
 from retriever.roles import file_role, query_roles
 from retriever.search import FusionConfig
 from tests.conftest import git
@@ -32,6 +33,18 @@ from tests.conftest import git
         ("examples/upload.py", "docs"),
         ("README.md", "docs"),
         ("src/contest/scoring.py", "source"),
+        # about the project: issue templates and changelogs (a file named like one is code)
+        (".github/ISSUE_TEMPLATE/bug-report.yml", "meta"),
+        (".gitlab/issue_templates/Bug.md", "meta"),
+        ("CHANGES", "meta"),
+        ("CHANGELOG.md", "meta"),
+        ("docs/changelog.rst", "meta"),
+        ("AUTHORS", "meta"),
+        ("CONTRIBUTING.rst", "meta"),
+        ("sphinx/changes.py", "source"),
+        ("src/history.py", "source"),
+        (".github/workflows/ci.yml", "source"),
+        ("src/README.md", "docs"),
     ],
 )
 def test_file_role(path: str, role: str) -> None:
@@ -42,6 +55,7 @@ def test_query_roles_waive_the_prior_only_when_asked() -> None:
     assert query_roles("where is the unit test for upload retries") == {"test"}
     assert query_roles("is this documented in the README?") == {"docs"}
     assert query_roles("why do uploads retry forever after a timeout") == frozenset()
+    assert query_roles("what does the changelog say about 2.0") == {"meta"}
 
 
 UPLOADER = '''"""Uploads of build artifacts to the object store."""
@@ -125,3 +139,30 @@ def test_long_texts_mention_tests_in_passing_without_asking_for_them() -> None:
         "Expected: after five attempts the upload should fail with a clear error message."
     )
     assert query_roles(report) == frozenset()
+
+
+def test_long_reports_weigh_the_prior_more_and_meta_files_most(rt: Any) -> None:
+    """A bug report pays the tests' penalty plus ``secondary_penalty_long`` in proportion to
+    its length; a changelog or issue template pays ``meta_penalty``, more than either."""
+    report = (
+        "Uploads of build artifacts hang when the object store times out: the upload with "
+        "retries loop should retry transient failures with exponential backoff and then give "
+        "up after five attempts with a clear error, but it keeps sleeping. Seen with a local "
+        "object store that drops every second request; the artifact never arrives and the "
+        "build waits until its own timeout kills it."
+    )
+    f = FusionConfig()
+    long = rt.retriever._long_query(parse_query(report))
+    assert 0.5 < long <= 1.0
+
+    def scores() -> dict[str, float]:
+        hits = rt.retriever.search(report, repos=["acme/uploader"], k=5, max_per_file=1)
+        return {h.path: h.score for h in hits}
+
+    priced = scores()
+    rt.retriever.fusion = FusionConfig(secondary_penalty=0.0, secondary_penalty_long=0.0)
+    raw = scores()
+    gap = raw["tests/test_uploader.py"] - priced["tests/test_uploader.py"]
+    assert gap == pytest.approx(f.secondary_penalty + f.secondary_penalty_long * long, abs=1e-6)
+    assert raw["uploader.py"] == pytest.approx(priced["uploader.py"], abs=1e-6)
+    assert f.meta_penalty > f.secondary_penalty + f.secondary_penalty_long
