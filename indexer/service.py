@@ -44,7 +44,14 @@ from indexer.git import GitRepo
 from indexer.precision_guard import check_precision
 from indexer.sources import DirSource, GitSource, SourceFile
 
-__all__ = ["INDEX_FORMAT", "REDACT_ALLOW_FILE", "IndexReport", "IndexService", "ProgressFn"]
+__all__ = [
+    "INDEX_FORMAT",
+    "REDACT_ALLOW_FILE",
+    "IndexReport",
+    "IndexService",
+    "ProgressFn",
+    "files_by_findings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -552,10 +559,16 @@ _FILES_REPORTED = 1000
 the index state, so a repository of thousands of fixtures must not make it megabytes."""
 
 
+def files_by_findings(files: dict[str, dict[str, int]]) -> list[tuple[str, dict[str, int]]]:
+    """(path, kinds) pairs, the files with the most findings first, then by path: the order
+    in which the report and the CLI list them."""
+    return sorted(files.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+
+
 def _top_files(files: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    """The files with the most findings first (then by path), at most
-    :data:`_FILES_REPORTED`; ``"..."`` then counts the files left out."""
-    top = sorted(files.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    """:func:`files_by_findings`, at most :data:`_FILES_REPORTED`; ``"..."`` then counts the
+    files left out."""
+    top = files_by_findings(files)
     out = dict(top[:_FILES_REPORTED])
     if len(top) > _FILES_REPORTED:
         out["..."] = {"files": len(top) - _FILES_REPORTED}

@@ -43,14 +43,14 @@ _META = re.compile(
     r"(?:\.(?:md|markdown|rst|txt|adoc|org|old))?$",
     re.I,
 )
-_ROOT_TEXT = re.compile(r"^(?!README)[A-Z][A-Z_-]{2,}(?:\.(?:md|markdown|rst|txt|adoc))?$")
-"""Upper-case text files at the root (``AUTHORS``, ``EXAMPLES``, ``CONTRIBUTING.md``,
-``LICENSE``; not the README, which documents use): about the project too."""
 """Project-management text: issue and merge-request templates, changelogs. A bug report
 written from a repository's own issue template repeats every heading of it, and a changelog
 names every feature and fix in an issue's words, so lexically they match nearly every
 report (measured on Sphinx: the bug-report template was in the lexical top 5 of 39 of 57
 issues); they are documentation of the project, not of the code."""
+_ROOT_TEXT = re.compile(r"^(?!README)[A-Z][A-Z_-]{2,}(?:\.(?:md|markdown|rst|txt|adoc))?$")
+"""Upper-case text files at the root (``AUTHORS``, ``EXAMPLES``, ``CONTRIBUTING.md``,
+``LICENSE``; not the README, which documents use): about the project too."""
 _ASKS_TESTS = re.compile(
     r"\b(?:tests?|testing|tested|unit ?tests?|specs?|fixtures?|pytest)\b", re.I
 )

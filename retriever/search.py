@@ -277,8 +277,8 @@ class Retriever:
     ) -> list[tuple[ScoredRecord, float]]:
         f = self.fusion
         w = f.lexical_weight_prose + (f.lexical_weight_code - f.lexical_weight_prose) * pq.code_like
-        if f.lexical_weight_long:
-            w += f.lexical_weight_long * self._long_query(pq)
+        long = self._long_query(pq)
+        w += f.lexical_weight_long * long
         d_score = {r.id: r.score for r in dense}
         floor = min(d_score.values()) if d_score else 0.0
         top_lex = max((r.score for r in lexical), default=0.0) or 1.0
@@ -289,7 +289,6 @@ class Retriever:
         named = [*pq.paths, *(pq.module_paths if f.module_paths else ())]
         paths = tuple(p.lower() for p in named)
         wanted = query_roles(pq.text)
-        long = self._long_query(pq)
         secondary = f.secondary_penalty + f.secondary_penalty_long * long
         file_w = f.file_lexical_weight * long
         file_lex = _file_lexical(lexical, top_lex, f.file_lexical_chunks) if file_w else {}

@@ -102,7 +102,9 @@ _FILES_SHOWN = 10
 def _files_cell(files: dict[str, dict[str, int]]) -> str:
     """The files with the most findings, one a line with their kinds (``--json`` has more):
     what an operator reads to rotate a real secret or confirm a fake is one."""
-    top = sorted(files.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    from indexer.service import files_by_findings
+
+    top = files_by_findings(files)
     lines = [
         f"{path} ({', '.join(f'{k}: {n}' for k, n in kinds.items())})"
         for path, kinds in top[:_FILES_SHOWN]
